@@ -1,0 +1,110 @@
+"""The one module that knows NumPy from CuPy.
+
+Everything else in minibn takes its array module ``xp`` from here: by name
+(:func:`get`), or from the arrays it is handed (:func:`array_module`).  All
+randomness starts on the host as a :class:`numpy.random.Generator` (:func:`rng`)
+and is moved to the device afterwards, so one seed gives the same numbers on
+both backends.
+
+>>> xp = get("numpy")
+>>> name_of(array_module(xp.zeros(3)))
+'numpy'
+"""
+
+import numpy
+
+BACKENDS = ("numpy", "cupy")
+INSTALL_HINT = "install it with: pip install 'minibn[gpu]' (CUDA 12) or 'minibn[gpu13]' (CUDA 13)"
+
+# The host array module, for code that must build host arrays (data loading,
+# reports, RNG draws) without importing NumPy itself.
+host = numpy
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+def _cupy_or_none():
+    try:
+        import cupy
+    except ImportError:
+        return None
+    return cupy
+
+
+def get(backend="numpy"):
+    """The array module for ``backend``: a name in :data:`BACKENDS` or a module."""
+    if backend is numpy or getattr(backend, "__name__", None) == "cupy":
+        return backend
+    if backend == "numpy":
+        return numpy
+    if backend == "cupy":
+        cupy = _cupy_or_none()
+        if cupy is None:
+            raise BackendUnavailable(f"backend 'cupy' was requested but CuPy is not installed; {INSTALL_HINT}")
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as err:  # CUDA driver or runtime missing
+            raise BackendUnavailable(
+                f"backend 'cupy' was requested but no usable GPU was found ({err}); "
+                f"minibn runs on the CPU with backend 'numpy', or {INSTALL_HINT} on a GPU machine"
+            ) from err
+        if count < 1:
+            raise BackendUnavailable("backend 'cupy' was requested but CUDA reports no GPU; use backend 'numpy'")
+        return cupy
+    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def is_available(backend):
+    """Whether :func:`get` would succeed for ``backend``."""
+    try:
+        get(backend)
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def name_of(xp):
+    """'numpy' or 'cupy' for an array module."""
+    return "cupy" if xp.__name__ == "cupy" else "numpy"
+
+
+def _is_cupy_array(a):
+    return type(a).__module__.startswith("cupy")
+
+
+def array_module(*arrays):
+    """The array module of the given arrays (CuPy if any of them lives on the GPU)."""
+    for a in arrays:
+        if _is_cupy_array(a):
+            return get("cupy")
+    return numpy
+
+
+def to_host(a):
+    """A NumPy copy (or view) of ``a``, wherever it lives."""
+    if _is_cupy_array(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def to_device(a, backend):
+    """``a`` as an array of ``backend`` (a name or module); no copy where none is needed."""
+    xp = get(backend)
+    if xp is numpy:
+        return to_host(a)
+    return xp.asarray(a)
+
+
+def rng(seed=None):
+    """A host :class:`numpy.random.Generator` from a seed, or the Generator itself."""
+    if isinstance(seed, numpy.random.Generator):
+        return seed
+    return numpy.random.default_rng(seed)
+
+
+def synchronize(xp):
+    """Wait for queued device work (a no-op on NumPy); for honest timings."""
+    if name_of(xp) == "cupy":
+        xp.cuda.get_current_stream().synchronize()

@@ -1,0 +1,101 @@
+"""Model builders: the paper's CIFAR VGG and deep linear network (protocol.md §1).
+
+Both take ``norm``, the normalization inserted after each weight layer (before the
+ReLU in VGG): ``None``/"standard", "batchnorm", "noisy" (BN + Algorithm 1 noise),
+"noise" (the noise alone, for noise added to the standard net), "l1", "l2", "linf".
+All randomness (weights, noise generators) comes from one seed or Generator.
+"""
+
+import math
+
+from minibn import backend, nn
+
+NORMS = ("standard", "batchnorm", "noisy", "noise", "l1", "l2", "linf")
+
+VGG_CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+def check_norm(norm):
+    norm = "standard" if norm is None else norm
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS} (or None for the standard network)")
+    return norm
+
+
+def make_norm(norm, num_features, rng, dtype, **noise):
+    """The normalization layer named ``norm`` for ``num_features`` channels (None for "standard")."""
+    norm = check_norm(norm)
+    if norm == "standard":
+        return None
+    if norm == "batchnorm":
+        return nn.BatchNorm(num_features, dtype=dtype)
+    if norm == "noisy":
+        return nn.NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype, **noise)
+    if norm == "noise":
+        return nn.NoiseInjection(num_features, rng=rng.integers(2**63), dtype=dtype, **noise)
+    p = {"l1": 1, "l2": 2, "linf": math.inf}[norm]
+    return nn.LpNorm(num_features, p, dtype=dtype)
+
+
+def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm_layers=None,
+        rng=None, dtype="float64", init="glorot_uniform", **noise):
+    """The deep linear network f(x) = W_depth ... W_1 x (rows are samples: y = x W_1 ... W_depth).
+
+    ``norm_layers``: after how many of the first linear layers a normalization is
+    inserted (default ``depth - 1``: all but the output layer; ``depth`` for all).
+    """
+    if depth < 1 or width < 1:
+        raise ValueError(f"dln: depth and width must be positive, got depth={depth}, width={width}")
+    norm_layers = depth - 1 if norm_layers is None else norm_layers
+    if not 0 <= norm_layers <= depth:
+        raise ValueError(f"dln: norm_layers must lie in [0, depth={depth}], got {norm_layers}")
+    rng = backend.rng(rng)
+    d_in = width if in_features is None else in_features
+    d_out = width if out_features is None else out_features
+    layers = []
+    for i in range(depth):
+        fan_in = d_in if i == 0 else width
+        fan_out = d_out if i == depth - 1 else width
+        layers.append(nn.Dense(fan_in, fan_out, bias=False, rng=rng, dtype=dtype, init=init))
+        if i < norm_layers:
+            layer = make_norm(norm, fan_out, rng, dtype, **noise)
+            if layer is not None:
+                layers.append(layer)
+    return nn.Sequential(layers)
+
+
+def vgg(config="vgg16", norm=None, width=1.0, num_classes=10, in_channels=3, input_size=32,
+        rng=None, dtype="float32", init="glorot_uniform", **noise):
+    """The CIFAR VGG: conv3x3 (padding 1) [-> norm] -> ReLU per entry, 2x2/2 max-pool per "M",
+    flatten, Dense -> ``num_classes``. ``config`` is a name in :data:`VGG_CONFIGS` or a list;
+    ``width`` multiplies every channel count (at least 1 channel)."""
+    stages = VGG_CONFIGS[config] if isinstance(config, str) and config in VGG_CONFIGS else config
+    if isinstance(stages, str) or not stages:
+        raise ValueError(f"vgg: config must be one of {sorted(VGG_CONFIGS)} or a non-empty list, got {config!r}")
+    if width <= 0:
+        raise ValueError(f"vgg: width must be positive, got {width}")
+    rng = backend.rng(rng)
+    layers, channels, size = [], in_channels, input_size
+    for entry in stages:
+        if entry == "M":
+            if size < 2:
+                raise ValueError(f"vgg: config {stages} pools a {size}x{size} map; too many 'M' for input_size={input_size}")
+            layers.append(nn.MaxPool2d(2, 2))
+            size //= 2
+            continue
+        if not isinstance(entry, int) or entry < 1:
+            raise ValueError(f"vgg: config entries must be positive ints or 'M', got {entry!r}")
+        out = max(1, int(round(entry * width)))
+        layers.append(nn.Conv2d(channels, out, 3, stride=1, padding=1, rng=rng, dtype=dtype, init=init))
+        layer = make_norm(norm, out, rng, dtype, **noise)
+        if layer is not None:
+            layers.append(layer)
+        layers.append(nn.ReLU())
+        channels = out
+    layers.append(nn.Flatten())
+    layers.append(nn.Dense(channels * size * size, num_classes, rng=rng, dtype=dtype, init=init))
+    return nn.Sequential(layers)

@@ -1,0 +1,15 @@
+"""The layer library: one layer per module, forward and backward side by side."""
+
+from minibn.nn.layer import MODES, Layer, LayerError, Sequential
+from minibn.nn.dense import Dense
+from minibn.nn.relu import ReLU
+from minibn.nn.flatten import Flatten
+from minibn.nn.batchnorm import BatchNorm
+from minibn.nn.losses import softmax_cross_entropy, squared_error
+from minibn.nn.init import glorot_normal, glorot_uniform
+
+__all__ = [
+    "MODES", "Layer", "LayerError", "Sequential",
+    "Dense", "ReLU", "Flatten", "BatchNorm",
+    "softmax_cross_entropy", "squared_error", "glorot_normal", "glorot_uniform",
+]

@@ -1,0 +1,173 @@
+"""Batch normalization over every axis but the last (channels-last: (N, C) or (N, H, W, C)).
+
+For a channel j, the m = N (or N*H*W) values x_ij pooled over the other axes:
+
+Forward (train and probe modes, batch statistics):
+
+    mu      = (1/m) sum_i x_i
+    var     = (1/m) sum_i (x_i - mu)^2              (biased batch variance)
+    inv_std = 1 / sqrt(var + eps)
+    x_hat   = (x - mu) * inv_std
+    y       = gamma * x_hat + beta
+
+Backward, with dy = dL/dy (derived step by step in docs/layers/batchnorm.md):
+
+    dbeta  = sum_i dy_i
+    dgamma = sum_i dy_i * x_hat_i
+    dx     = (gamma * inv_std / m) * (m * dy - dbeta - x_hat * dgamma)
+
+That is dx = (gamma/sigma) P dy with P = I - 11^T/m - x_hat x_hat^T/m, the projection of
+the paper's Section 4 (when eps = 0). :func:`backward_staged` computes the same dx by
+the chain rule through var and mu one stage at a time, the textbook form.
+
+Eval mode uses the running statistics instead, so it is an affine map per channel:
+
+    y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta,
+    dx = dy * gamma / sqrt(running_var + eps)
+
+In train mode the running statistics move towards the batch's with ``momentum``:
+running_mean <- (1 - momentum) running_mean + momentum mu, and likewise
+running_var with the *unbiased* batch variance var * m / (m - 1).
+"""
+
+import math
+
+from minibn import backend
+from minibn.nn.layer import Layer, LayerError, check_input
+
+
+def _rows(x):
+    """View x as (m, C): channels-last makes every axis but the last a batch axis."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def forward(x, gamma, beta, eps=1e-5, mean=None, var=None):
+    """Normalize with the batch statistics, or with ``mean``/``var`` when given (eval)."""
+    x2 = _rows(x)
+    m = x2.shape[0]
+    batch = mean is None
+    if batch:
+        mean = x2.mean(axis=0)
+        centred = x2 - mean
+        var = (centred * centred).mean(axis=0)
+    else:
+        centred = x2 - mean
+    inv_std = 1.0 / (var + eps) ** 0.5
+    x_hat = centred * inv_std
+    y = x_hat * gamma + beta
+    cache = (x_hat, gamma, inv_std, m, batch, x.shape)
+    return y.reshape(x.shape), cache, (mean, var)
+
+
+def backward(dy, cache):
+    """The simplified closed form (see module docstring)."""
+    x_hat, gamma, inv_std, m, batch, shape = cache
+    dy2 = _rows(dy)
+    dbeta = dy2.sum(axis=0)
+    dgamma = (dy2 * x_hat).sum(axis=0)
+    if batch:
+        dx = (m * dy2 - dbeta - x_hat * dgamma) * (gamma * inv_std / m)
+    else:
+        dx = dy2 * (gamma * inv_std)
+    return dx.reshape(shape), {"gamma": dgamma, "beta": dbeta}
+
+
+def backward_staged(dy, cache):
+    """The same gradient by the chain rule, one forward stage at a time (batch statistics only).
+
+        dx_hat = dy * gamma
+        dvar   = sum_i dx_hat_i * (x_i - mu) * (-1/2) (var + eps)^(-3/2)
+        dmu    = -sum_i dx_hat_i * inv_std  +  dvar * (-2/m) sum_i (x_i - mu)      (second term is 0)
+        dx     = dx_hat * inv_std + dvar * 2 (x - mu) / m + dmu / m
+    """
+    x_hat, gamma, inv_std, m, batch, shape = cache
+    if not batch:
+        raise LayerError("batchnorm.backward_staged: only defined for batch statistics (train/probe mode)")
+    dy2 = _rows(dy)
+    centred = x_hat / inv_std
+    dx_hat = dy2 * gamma
+    dvar = (dx_hat * centred).sum(axis=0) * (-0.5) * inv_std ** 3
+    dmu = -(dx_hat * inv_std).sum(axis=0) + dvar * (-2.0 / m) * centred.sum(axis=0)
+    dx = dx_hat * inv_std + dvar * 2.0 * centred / m + dmu / m
+    grads = {"gamma": (dy2 * x_hat).sum(axis=0), "beta": dy2.sum(axis=0)}
+    return dx.reshape(shape), grads
+
+
+class BatchNorm(Layer):
+    """``BatchNorm(num_features, eps=1e-5, momentum=0.1)``: params ``"gamma"`` (=1), ``"beta"`` (=0).
+
+    State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):
+        super().__init__()
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be a positive integer, got {num_features!r}")
+        if eps < 0:
+            raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must lie in [0, 1], got {momentum!r}")
+        xp = backend.get(xp or "numpy")
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)
+        self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
+        self.running_mean = xp.zeros(self.num_features, dtype=dtype)
+        self.running_var = xp.ones(self.num_features, dtype=dtype)
+
+    def describe(self):
+        return f"{type(self).__name__}({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g})"
+
+    def _check(self, x, mode):
+        check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self.params["gamma"].dtype)
+        if mode != "eval" and math.prod(x.shape[:-1]) < 2:
+            raise LayerError(
+                f"{self.describe()}: batch statistics need at least 2 values per channel, "
+                f"got input of shape {tuple(x.shape)}"
+            )
+
+    def _normalize(self, x, mode):
+        """The BN output and cache; updates the running statistics in train mode."""
+        g, b = self.params["gamma"], self.params["beta"]
+        if mode == "eval":
+            y, cache, _ = forward(x, g, b, self.eps, self.running_mean, self.running_var)
+            return y, cache
+        y, cache, (mean, var) = forward(x, g, b, self.eps)
+        if mode == "train":
+            m = cache[3]
+            mom = self.momentum
+            self.running_mean = (1.0 - mom) * self.running_mean + mom * mean
+            self.running_var = (1.0 - mom) * self.running_var + (mom * m / (m - 1)) * var
+        return y, cache
+
+    def _forward(self, x, mode):
+        self._check(x, mode)
+        return self._normalize(x, mode)
+
+    def _backward(self, dy, cache):
+        return backward(dy, cache)
+
+    def state(self):
+        return {"running_mean": backend.to_host(self.running_mean).copy(),
+                "running_var": backend.to_host(self.running_var).copy()}
+
+    def load_state(self, state):
+        xp = backend.array_module(self.params["gamma"])
+        for key in ("running_mean", "running_var"):
+            if key not in state:
+                raise LayerError(f"{self.describe()}: state is missing {key!r}")
+            value = backend.to_device(state[key], xp).astype(self.params["gamma"].dtype)
+            if value.shape != (self.num_features,):
+                raise LayerError(f"{self.describe()}: state {key!r} has shape {value.shape}, expected ({self.num_features},)")
+            setattr(self, key, value)
+
+    def to(self, backend_name):
+        super().to(backend_name)
+        self.running_mean = backend.to_device(self.running_mean, backend_name)
+        self.running_var = backend.to_device(self.running_var, backend_name)
+        return self
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        self.running_mean = self.running_mean.astype(dtype)
+        self.running_var = self.running_var.astype(dtype)
+        return self

@@ -1,0 +1,58 @@
+"""Dense (fully connected) layer.
+
+Forward, for a batch ``x`` of shape (N, in):
+
+    y = x W + b                    W: (in, out), b: (out,)
+
+Backward, given dy = dL/dy of shape (N, out):
+
+    dW = x^T dy                    (sum over the batch of outer products)
+    db = sum_n dy[n]
+    dx = dy W^T
+"""
+
+from minibn import backend
+from minibn.nn import init as _init
+from minibn.nn.layer import Layer, check_input
+
+
+def forward(x, W, b=None):
+    y = x @ W
+    if b is not None:
+        y += b
+    return y, (x, W, b is not None)
+
+
+def backward(dy, cache):
+    x, W, has_bias = cache
+    grads = {"W": x.T @ dy}
+    if has_bias:
+        grads["b"] = dy.sum(axis=0)
+    return dy @ W.T, grads
+
+
+class Dense(Layer):
+    """``Dense(in_features, out_features, bias=True)``: params ``"W"`` (in, out), ``"b"`` (out,)."""
+
+    starts_block = True
+
+    def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype="float32", init="glorot_uniform"):
+        super().__init__()
+        for arg, v in (("in_features", in_features), ("out_features", out_features)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"Dense: {arg} must be a positive integer, got {v!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.params["W"] = _init.get_initializer(init)((self.in_features, self.out_features), rng, dtype)
+        if bias:
+            self.params["b"] = backend.host.zeros(self.out_features, dtype=dtype)
+        self.bias = bias
+
+    def describe(self):
+        return f"Dense({self.in_features}, {self.out_features}, bias={self.bias})"
+
+    def _forward(self, x, mode):
+        check_input(self, "x", x, ndims=(2,), last_dim=self.in_features, dtype=self.params["W"].dtype)
+        return forward(x, self.params["W"], self.params.get("b"))
+
+    def _backward(self, dy, cache):
+        return backward(dy, cache)

@@ -1,0 +1,267 @@
+"""The layer contract and :class:`Sequential`.
+
+Every layer module has a functional core, ``forward(x, ...) -> (y, cache)`` and
+``backward(dy, cache) -> (dx, grads)``, and a thin :class:`Layer` subclass that
+holds ``params`` (a dict of arrays), ``grads`` (same keys, filled by
+``backward``) and any state (running statistics, a noise generator).
+
+Modes are explicit and the same for every layer:
+
+* ``"train"``: batch statistics, state updated (running statistics, noise drawn);
+* ``"eval"``: running statistics, no noise, no state change;
+* ``"probe"``: batch statistics as in training, but no state change at all; every
+  measurement uses it, so measuring never changes the model.
+"""
+
+from minibn import backend
+
+MODES = ("train", "eval", "probe")
+
+
+class LayerError(ValueError):
+    """Bad input to a layer: the message names the layer, the argument and the shapes."""
+
+
+def check_mode(layer_name, mode):
+    if mode not in MODES:
+        raise LayerError(f"{layer_name}: mode must be one of {MODES}, got {mode!r}")
+
+
+def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None):
+    """Validate an array at a layer's public boundary; errors name layer and argument."""
+    name = layer if isinstance(layer, str) else layer.describe()
+    shape = getattr(x, "shape", None)
+    if shape is None or not hasattr(x, "dtype"):
+        raise LayerError(f"{name}: {arg} must be an array, got {type(x).__name__}")
+    if ndims is not None and x.ndim not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise LayerError(f"{name}: {arg} must be {want}, got shape {tuple(shape)}")
+    if last_dim is not None and shape[-1] != last_dim:
+        raise LayerError(
+            f"{name}: {arg} has {shape[-1]} features/channels on its last axis "
+            f"(shape {tuple(shape)}), expected {last_dim}"
+        )
+    if x.dtype.kind != "f":
+        raise LayerError(f"{name}: {arg} must be a floating-point array, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise LayerError(
+            f"{name}: {arg} has dtype {x.dtype} but the layer's parameters are {dtype}; "
+            f"convert one of them explicitly (minibn never upcasts silently)"
+        )
+
+
+class Layer:
+    """Base class: ``params``/``grads`` dicts, explicit modes, a cache for backward.
+
+    Subclasses implement ``_forward(x, mode) -> (y, cache)`` and
+    ``_backward(dy, cache) -> (dx, grads)``, usually by calling the module's
+    functional core; stateful layers also override :meth:`state` and
+    :meth:`load_state`.
+    """
+
+    #: Dense and Conv2d start a parameter block; a normalization layer after them
+    #: joins that block (the paper's "layer i" = a weight layer with its BN's gamma, beta).
+    starts_block = False
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self._cache = None
+        self._out_shape = None
+
+    def describe(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        return self.describe()
+
+    @property
+    def dtype(self):
+        for p in self.params.values():
+            return p.dtype
+        return None
+
+    def forward(self, x, mode="train"):
+        check_mode(self.describe(), mode)
+        y, self._cache = self._forward(x, mode)
+        self._out_shape = y.shape
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise LayerError(f"{self.describe()}: backward called before forward (nothing cached)")
+        if dy.shape != self._out_shape:
+            raise LayerError(
+                f"{self.describe()}: backward got dy of shape {tuple(dy.shape)}, "
+                f"but forward produced shape {tuple(self._out_shape)}"
+            )
+        dx, self.grads = self._backward(dy, self._cache)
+        return dx
+
+    def _forward(self, x, mode):
+        raise NotImplementedError
+
+    def _backward(self, dy, cache):
+        raise NotImplementedError
+
+    # Non-parameter state: running statistics, noise generators. Values are host
+    # copies, so a saved state is never aliased by later training.
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        if state:
+            raise LayerError(f"{self.describe()}: has no state, got keys {sorted(state)}")
+
+    def to(self, backend_name):
+        """Move parameters and state to a backend ('numpy' or 'cupy') in place."""
+        self.params = {k: backend.to_device(v, backend_name) for k, v in self.params.items()}
+        self.grads = {k: backend.to_device(v, backend_name) for k, v in self.grads.items()}
+        self._cache = None
+        return self
+
+    def astype(self, dtype):
+        """Convert parameters (and float state) to ``dtype`` in place."""
+        self.params = {k: v.astype(dtype) for k, v in self.params.items()}
+        self.grads = {}
+        self._cache = None
+        return self
+
+
+class Sequential(Layer):
+    """Layers applied in order; the flat views used by the landscape and Hessian tools.
+
+    ``model[i]`` is layer i, with its own ``params`` and ``grads``. The flat view
+    concatenates every parameter in layer order, then key order as created.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise LayerError(f"Sequential: item {i} is {type(layer).__name__}, not a minibn Layer")
+        self.layers = list(layers)
+
+    def describe(self):
+        return f"Sequential({len(self.layers)} layers)"
+
+    def __repr__(self):
+        inner = ",\n  ".join(f"[{i}] {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n  {inner}\n)"
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    @property
+    def dtype(self):
+        for layer in self.layers:
+            if layer.dtype is not None:
+                return layer.dtype
+        return None
+
+    def forward(self, x, mode="train"):
+        check_mode(self.describe(), mode)
+        for layer in self.layers:
+            x = layer.forward(x, mode)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def value_and_grad(self, loss_fn, x, target, mode="train"):
+        """Forward, loss, backward: returns the loss and fills every layer's ``grads``."""
+        out = self.forward(x, mode)
+        loss, dout = loss_fn(out, target)
+        self.backward(dout)
+        return loss
+
+    # --- parameters: per layer, per block, flat ---------------------------------
+    def parameters(self):
+        """``[(layer_index, key, array), ...]`` in flat-view order."""
+        return [(i, k, v) for i, layer in enumerate(self.layers) for k, v in layer.params.items()]
+
+    def blocks(self):
+        """Layer indices grouped as the paper's "layers": each weight layer (Dense,
+        Conv2d) with the parameterised layers (normalization) that follow it."""
+        groups = []
+        for i, layer in enumerate(self.layers):
+            if not layer.params:
+                continue
+            if layer.starts_block or not groups:
+                groups.append([i])
+            else:
+                groups[-1].append(i)
+        return groups
+
+    def block_slices(self):
+        """For each block, the ``slice`` of the flat parameter vector it occupies."""
+        offsets, start = {}, 0
+        for i, k, v in self.parameters():
+            offsets[(i, k)] = (start, start + v.size)
+            start += v.size
+        out = []
+        for group in self.blocks():
+            spans = [offsets[(i, k)] for i in group for k in self.layers[i].params]
+            out.append(slice(spans[0][0], spans[-1][1]))
+        return out
+
+    @property
+    def num_params(self):
+        return sum(v.size for _, _, v in self.parameters())
+
+    def _xp(self):
+        arrays = [v for _, _, v in self.parameters()]
+        return backend.array_module(*arrays) if arrays else backend.host
+
+    def flat_params(self):
+        """All parameters as one new 1-D array."""
+        xp = self._xp()
+        return xp.concatenate([v.ravel() for _, _, v in self.parameters()])
+
+    def flat_grads(self):
+        """All gradients (after a backward) as one new 1-D array, in flat-view order."""
+        xp = self._xp()
+        parts = []
+        for i, k, _ in self.parameters():
+            if k not in self.layers[i].grads:
+                raise LayerError(f"{self.layers[i].describe()} (layer {i}): no gradient for {k!r}; run backward first")
+            parts.append(self.layers[i].grads[k].ravel())
+        return xp.concatenate(parts)
+
+    def set_flat_params(self, vector):
+        """Write a 1-D vector into the parameters, in place (the arrays keep their identity)."""
+        expected = self.num_params
+        if vector.ndim != 1 or vector.size != expected:
+            raise LayerError(f"{self.describe()}: set_flat_params needs a 1-D vector of {expected} values, got shape {tuple(vector.shape)}")
+        start = 0
+        for _, _, v in self.parameters():
+            v[...] = vector[start:start + v.size].reshape(v.shape)
+            start += v.size
+
+    # --- state ----------------------------------------------------------------
+    def state(self):
+        return {i: s for i, layer in enumerate(self.layers) if (s := layer.state())}
+
+    def load_state(self, state):
+        for i, s in state.items():
+            self.layers[int(i)].load_state(s)
+
+    def to(self, backend_name):
+        for layer in self.layers:
+            layer.to(backend_name)
+        return self
+
+    def astype(self, dtype):
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self

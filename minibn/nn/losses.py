@@ -1,0 +1,57 @@
+"""Losses: each returns ``(loss, dpred)`` with loss a Python float.
+
+Softmax cross-entropy, averaged over the batch of N rows with integer labels c_n:
+
+    p = softmax(z),  L = -(1/N) sum_n log p[n, c_n],  dL/dz = (p - onehot(c)) / N
+
+Squared error:
+
+    "sum":  L = sum (pred - target)^2,               dL/dpred = 2 (pred - target)
+    "mean": L = (1/K) sum (pred - target)^2,         dL/dpred = 2 (pred - target) / K
+            (K = number of elements)
+"""
+
+from minibn import backend
+from minibn.nn.layer import LayerError, check_input
+
+
+def softmax_cross_entropy(logits, labels):
+    check_input("softmax_cross_entropy", "logits", logits, ndims=(2,))
+    xp = backend.array_module(logits)
+    labels = xp.asarray(labels)
+    if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
+        raise LayerError(
+            f"softmax_cross_entropy: labels must be integers of shape ({logits.shape[0]},) "
+            f"for logits of shape {tuple(logits.shape)}, got shape {tuple(labels.shape)} dtype {labels.dtype}"
+        )
+    n, k = logits.shape
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise LayerError(f"softmax_cross_entropy: labels must lie in [0, {k}), got range [{int(labels.min())}, {int(labels.max())}]")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = xp.exp(shifted)
+    total = exp.sum(axis=1, keepdims=True)
+    rows = xp.arange(n)
+    log_p = shifted[rows, labels] - xp.log(total[:, 0])
+    loss = -float(log_p.mean())
+    dlogits = exp / total
+    dlogits[rows, labels] -= 1.0
+    dlogits *= 1.0 / n
+    return loss, dlogits
+
+
+REDUCTIONS = ("sum", "mean")
+
+
+def squared_error(pred, target, reduction="sum"):
+    check_input("squared_error", "pred", pred)
+    if target.shape != pred.shape:
+        raise LayerError(f"squared_error: target shape {tuple(target.shape)} differs from pred shape {tuple(pred.shape)}")
+    if reduction not in REDUCTIONS:
+        raise LayerError(f"squared_error: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    diff = pred - target
+    loss = float((diff * diff).sum())
+    scale = 2.0
+    if reduction == "mean":
+        loss /= diff.size
+        scale /= diff.size
+    return loss, diff * scale
