@@ -1,0 +1,65 @@
+"""Atomic result files: write to a temporary file beside the target, then rename.
+
+A reader (or a resumed study) therefore sees either the old file or the new one,
+never half of one.
+"""
+
+import json
+import math
+import os
+import tempfile
+
+
+def _atomic(path, write, mode):
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def jsonable(value):
+    """Plain JSON types; non-finite floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_text(path, text):
+    _atomic(path, lambda f: f.write(text), "w")
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(jsonable(obj), indent=1) + "\n")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_npz(path, **arrays):
+    from minibn import backend
+
+    _atomic(path, lambda f: backend.host.savez(f, **arrays), "wb")
+
+
+def write_figure(path, fig):
+    """Save a matplotlib figure atomically (format from the path's suffix)."""
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    _atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"), "wb")
