@@ -54,6 +54,7 @@ def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm
     if not 0 <= norm_layers <= depth:
         raise ValueError(f"dln: norm_layers must lie in [0, depth={depth}], got {norm_layers}")
     rng = backend.rng(rng)
+    noise_rng = rng.spawn(1)[0]  # noise seeds apart, so every variant starts from the same weights
     d_in = width if in_features is None else in_features
     d_out = width if out_features is None else out_features
     layers = []
@@ -62,7 +63,7 @@ def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm
         fan_out = d_out if i == depth - 1 else width
         layers.append(nn.Dense(fan_in, fan_out, bias=False, rng=rng, dtype=dtype, init=init))
         if i < norm_layers:
-            layer = make_norm(norm, fan_out, rng, dtype, **noise)
+            layer = make_norm(norm, fan_out, noise_rng, dtype, **noise)
             if layer is not None:
                 layers.append(layer)
     return nn.Sequential(layers)
@@ -79,6 +80,7 @@ def vgg(config="vgg16", norm=None, width=1.0, num_classes=10, in_channels=3, inp
     if width <= 0:
         raise ValueError(f"vgg: width must be positive, got {width}")
     rng = backend.rng(rng)
+    noise_rng = rng.spawn(1)[0]  # noise seeds apart, so every variant starts from the same weights
     layers, channels, size = [], in_channels, input_size
     for entry in stages:
         if entry == "M":
@@ -91,7 +93,7 @@ def vgg(config="vgg16", norm=None, width=1.0, num_classes=10, in_channels=3, inp
             raise ValueError(f"vgg: config entries must be positive ints or 'M', got {entry!r}")
         out = max(1, int(round(entry * width)))
         layers.append(nn.Conv2d(channels, out, 3, stride=1, padding=1, rng=rng, dtype=dtype, init=init))
-        layer = make_norm(norm, out, rng, dtype, **noise)
+        layer = make_norm(norm, out, noise_rng, dtype, **noise)
         if layer is not None:
             layers.append(layer)
         layers.append(nn.ReLU())
