@@ -51,7 +51,10 @@ def get(backend="numpy"):
                 f"minibn runs on the CPU with backend 'numpy', or {INSTALL_HINT} on a GPU machine"
             ) from err
         if count < 1:
-            raise BackendUnavailable("backend 'cupy' was requested but CUDA reports no GPU; use backend 'numpy'")
+            raise BackendUnavailable(
+                f"backend 'cupy' was requested but CUDA reports no GPU; use backend 'numpy', "
+                f"or {INSTALL_HINT} on a GPU machine"
+            )
         return cupy
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 

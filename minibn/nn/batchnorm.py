@@ -99,6 +99,8 @@ class BatchNorm(Layer):
     State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
     """
 
+    buffers = ("running_mean", "running_var")
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):
         super().__init__()
         if int(num_features) != num_features or num_features < 1:
@@ -145,29 +147,3 @@ class BatchNorm(Layer):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
-
-    def state(self):
-        return {"running_mean": backend.to_host(self.running_mean).copy(),
-                "running_var": backend.to_host(self.running_var).copy()}
-
-    def load_state(self, state):
-        xp = backend.array_module(self.params["gamma"])
-        for key in ("running_mean", "running_var"):
-            if key not in state:
-                raise LayerError(f"{self.describe()}: state is missing {key!r}")
-            value = backend.to_device(state[key], xp).astype(self.params["gamma"].dtype)
-            if value.shape != (self.num_features,):
-                raise LayerError(f"{self.describe()}: state {key!r} has shape {value.shape}, expected ({self.num_features},)")
-            setattr(self, key, value)
-
-    def to(self, backend_name):
-        super().to(backend_name)
-        self.running_mean = backend.to_device(self.running_mean, backend_name)
-        self.running_var = backend.to_device(self.running_var, backend_name)
-        return self
-
-    def astype(self, dtype):
-        super().astype(dtype)
-        self.running_mean = self.running_mean.astype(dtype)
-        self.running_var = self.running_var.astype(dtype)
-        return self

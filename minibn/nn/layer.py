@@ -27,8 +27,11 @@ def check_mode(layer_name, mode):
         raise LayerError(f"{layer_name}: mode must be one of {MODES}, got {mode!r}")
 
 
-def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None):
-    """Validate an array at a layer's public boundary; errors name layer and argument."""
+def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None, dtype_of="the layer's parameters"):
+    """Validate an array at a layer's public boundary; errors name layer and argument.
+
+    ``dtype``, when given, is the dtype ``x`` must have, that of ``dtype_of``.
+    """
     name = layer if isinstance(layer, str) else layer.describe()
     shape = getattr(x, "shape", None)
     if shape is None or not hasattr(x, "dtype"):
@@ -45,7 +48,7 @@ def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None):
         raise LayerError(f"{name}: {arg} must be a floating-point array, got dtype {x.dtype}")
     if dtype is not None and x.dtype != dtype:
         raise LayerError(
-            f"{name}: {arg} has dtype {x.dtype} but the layer's parameters are {dtype}; "
+            f"{name}: {arg} has dtype {x.dtype} but {dtype_of} are {dtype}; "
             f"convert one of them explicitly (minibn never upcasts silently)"
         )
 
@@ -63,11 +66,17 @@ class Layer:
     #: joins that block (the paper's "layer i" = a weight layer with its BN's gamma, beta).
     starts_block = False
 
+    #: Names of array attributes that are state (running statistics): saved by
+    #: :meth:`state`, restored by :meth:`load_state`, moved by :meth:`to` and
+    #: converted by :meth:`astype` together with the parameters.
+    buffers = ()
+
     def __init__(self):
         self.params = {}
         self.grads = {}
         self._cache = None
         self._out_shape = None
+        self._out_dtype = None
 
     def describe(self):
         return type(self).__name__
@@ -84,12 +93,13 @@ class Layer:
     def forward(self, x, mode="train"):
         check_mode(self.describe(), mode)
         y, self._cache = self._forward(x, mode)
-        self._out_shape = y.shape
+        self._out_shape, self._out_dtype = y.shape, y.dtype
         return y
 
     def backward(self, dy):
         if self._cache is None:
             raise LayerError(f"{self.describe()}: backward called before forward (nothing cached)")
+        check_input(self, "dy", dy, dtype=self._out_dtype, dtype_of="the forward output's values")
         if dy.shape != self._out_shape:
             raise LayerError(
                 f"{self.describe()}: backward got dy of shape {tuple(dy.shape)}, "
@@ -104,25 +114,42 @@ class Layer:
     def _backward(self, dy, cache):
         raise NotImplementedError
 
-    # Non-parameter state: running statistics, noise generators. Values are host
-    # copies, so a saved state is never aliased by later training.
+    # Non-parameter state: running statistics (the ``buffers``), noise generators.
+    # Values are host copies, so a saved state is never aliased by later training.
     def state(self):
-        return {}
+        return {k: backend.to_host(getattr(self, k)).copy() for k in self.buffers}
 
     def load_state(self, state):
-        if state:
-            raise LayerError(f"{self.describe()}: has no state, got keys {sorted(state)}")
+        unknown = sorted(set(state) - set(self.buffers))
+        if unknown:
+            raise LayerError(f"{self.describe()}: unexpected state keys {unknown}; its state is {list(self.buffers)}")
+        values = {}
+        for key in self.buffers:
+            if key not in state:
+                raise LayerError(f"{self.describe()}: state is missing {key!r}")
+            old = getattr(self, key)
+            # astype copies, so the loaded state never aliases the dict it came from
+            value = backend.to_device(state[key], backend.array_module(old)).astype(old.dtype)
+            if value.shape != old.shape:
+                raise LayerError(f"{self.describe()}: state {key!r} has shape {tuple(value.shape)}, expected {tuple(old.shape)}")
+            values[key] = value
+        for key, value in values.items():
+            setattr(self, key, value)
 
     def to(self, backend_name):
         """Move parameters and state to a backend ('numpy' or 'cupy') in place."""
         self.params = {k: backend.to_device(v, backend_name) for k, v in self.params.items()}
         self.grads = {k: backend.to_device(v, backend_name) for k, v in self.grads.items()}
+        for k in self.buffers:
+            setattr(self, k, backend.to_device(getattr(self, k), backend_name))
         self._cache = None
         return self
 
     def astype(self, dtype):
         """Convert parameters (and float state) to ``dtype`` in place."""
         self.params = {k: v.astype(dtype) for k, v in self.params.items()}
+        for k in self.buffers:
+            setattr(self, k, getattr(self, k).astype(dtype))
         self.grads = {}
         self._cache = None
         return self

@@ -44,6 +44,7 @@ REDUCTIONS = ("sum", "mean")
 
 def squared_error(pred, target, reduction="sum"):
     check_input("squared_error", "pred", pred)
+    check_input("squared_error", "target", target, dtype=pred.dtype, dtype_of="pred's values")
     if target.shape != pred.shape:
         raise LayerError(f"squared_error: target shape {tuple(target.shape)} differs from pred shape {tuple(pred.shape)}")
     if reduction not in REDUCTIONS:
