@@ -1,0 +1,157 @@
+"""Algorithm 1 of the paper: noise that shifts and scales every unit's distribution.
+
+For an input ``a`` with channels on the last axis, at every training step and for each
+unit (channel) j, draw
+
+    mu_j    ~ U(-n_mu, n_mu)               sigma_j ~ U(1, n_sigma)
+
+and then for every element (i, j), i running over the batch (and H, W for conv inputs),
+
+    shift_ij ~ U(mu_j - r_mu, mu_j + r_mu)            (the paper's m_ij)
+    scale_ij ~ N(sigma_j, r_sigma^2)                  (the paper's s_ij; r_sigma a std)
+
+Forward and backward (the same draws, cached):
+
+    y  = scale * a + shift
+    da = scale * dy
+
+:class:`NoiseInjection` is the noise alone ("noise added to the standard network");
+:class:`NoisyBatchNorm` is :class:`~minibn.nn.BatchNorm` followed by the noise, applied to
+BN's affine output a = gamma * x_hat + beta, so its backward is BatchNorm's backward of
+``scale * dy``.
+
+Noise is added in ``"train"`` mode only. ``"eval"`` and ``"probe"`` add none and draw
+nothing (the paper is silent; minibn's choice: measuring must neither perturb the loss
+nor advance the generator). The draws come from a host ``numpy.random.Generator``
+(:func:`minibn.backend.rng`), in float64, in the order mu, sigma, shift, scale, and are
+then cast to the input's dtype and moved to its device, so one seed gives the same
+noise on NumPy and CuPy. The generator's state (``bit_generator.state``) is part of
+``layer.state()``, so a checkpoint resumes with the very same draws.
+"""
+
+import copy
+import math
+
+from minibn import backend
+from minibn.nn.batchnorm import BatchNorm
+from minibn.nn.batchnorm import backward as batchnorm_backward
+from minibn.nn.layer import Layer, LayerError, check_input
+
+NOISE_DEFAULTS = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
+
+
+def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1):
+    """Host float64 ``(scale, shift)`` of ``shape`` for one step (channels on the last axis)."""
+    channels = shape[-1]
+    mu = rng.uniform(-n_mu, n_mu, size=channels)
+    sigma = rng.uniform(1.0, n_sigma, size=channels)
+    shift = rng.uniform(mu - r_mu, mu + r_mu, size=shape)
+    scale = rng.normal(sigma, r_sigma, size=shape)
+    return scale, shift
+
+
+def forward(a, scale, shift):
+    """y = scale * a + shift; the cache is ``scale``."""
+    return a * scale + shift, scale
+
+
+def backward(dy, scale):
+    """da = scale * dy (no parameters)."""
+    return dy * scale, {}
+
+
+class _NoiseSource:
+    """The generator, the noise constants and their part of the state (a mixin)."""
+
+    def _init_noise(self, n_mu, n_sigma, r_mu, r_sigma, rng):
+        name = type(self).__name__
+        for arg, v, low in (("n_mu", n_mu, 0.0), ("n_sigma", n_sigma, 1.0), ("r_mu", r_mu, 0.0), ("r_sigma", r_sigma, 0.0)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
+                raise ValueError(f"{name}: {arg} must be a finite number >= {low:g}, got {v!r}")
+        self.noise = {"n_mu": float(n_mu), "n_sigma": float(n_sigma), "r_mu": float(r_mu), "r_sigma": float(r_sigma)}
+        self.rng = backend.rng(rng)
+
+    def _describe_noise(self):
+        return ", ".join(f"{k}={v:g}" for k, v in self.noise.items())
+
+    def _draw_like(self, x):
+        """One step's (scale, shift) in x's dtype, on x's device."""
+        xp = backend.array_module(x)
+        scale, shift = draw(self.rng, x.shape, **self.noise)
+        return backend.to_device(scale.astype(x.dtype), xp), backend.to_device(shift.astype(x.dtype), xp)
+
+    def state(self):
+        return {**super().state(), "rng": copy.deepcopy(self.rng.bit_generator.state)}
+
+    def load_state(self, state):
+        if "rng" not in state:
+            raise LayerError(f"{self.describe()}: state is missing 'rng' (the noise generator's bit_generator.state)")
+        rest = {k: v for k, v in state.items() if k != "rng"}
+        super().load_state(rest)
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+
+
+class NoiseInjection(_NoiseSource, Layer):
+    """``NoiseInjection(num_features, *, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, rng=None, dtype="float32")``.
+
+    No parameters; state: the generator (``rng``). Inputs (N, C) or (N, H, W, C) of ``dtype``.
+    """
+
+    def __init__(self, num_features, *, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, rng=None, dtype="float32"):
+        super().__init__()
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"NoiseInjection: num_features must be a positive integer, got {num_features!r}")
+        self.num_features = int(num_features)
+        self._init_noise(n_mu, n_sigma, r_mu, r_sigma, rng)
+        self._dtype = backend.host.dtype(dtype)
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        self._dtype = backend.host.dtype(dtype)
+        return self
+
+    def describe(self):
+        return f"NoiseInjection({self.num_features}, {self._describe_noise()})"
+
+    def _forward(self, x, mode):
+        check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self._dtype, dtype_of="the layer's values")
+        if mode != "train":
+            return x, 1.0     # no noise: scale 1, shift 0
+        return forward(x, *self._draw_like(x))
+
+    def _backward(self, dy, scale):
+        return backward(dy, scale)
+
+
+class NoisyBatchNorm(_NoiseSource, BatchNorm):
+    """``NoisyBatchNorm(num_features, eps=1e-5, momentum=0.1, *, n_mu=0.5, n_sigma=1.25, r_mu=0.1,
+    r_sigma=0.1, rng=None, dtype="float32")``: BatchNorm, then the noise (train mode only).
+
+    Params ``"gamma"``, ``"beta"``; state ``running_mean``, ``running_var`` (which see the
+    batch before the noise) and the generator (``rng``).
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1,
+                 rng=None, dtype="float32", xp=None):
+        super().__init__(num_features, eps, momentum, dtype=dtype, xp=xp)
+        self._init_noise(n_mu, n_sigma, r_mu, r_sigma, rng)
+
+    def describe(self):
+        return f"NoisyBatchNorm({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, {self._describe_noise()})"
+
+    def _forward(self, x, mode):
+        self._check(x, mode)
+        a, bn_cache = self._normalize(x, mode)
+        if mode != "train":
+            return a, (bn_cache, 1.0)
+        y, scale = forward(a, *self._draw_like(a))
+        return y, (bn_cache, scale)
+
+    def _backward(self, dy, cache):
+        bn_cache, scale = cache
+        da, _ = backward(dy, scale)
+        return batchnorm_backward(da, bn_cache)
