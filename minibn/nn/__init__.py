@@ -2,6 +2,8 @@
 
 from minibn.nn.layer import MODES, Layer, LayerError, Sequential
 from minibn.nn.dense import Dense
+from minibn.nn.conv import Conv2d
+from minibn.nn.pool import MaxPool2d
 from minibn.nn.relu import ReLU
 from minibn.nn.flatten import Flatten
 from minibn.nn.batchnorm import BatchNorm
@@ -12,7 +14,7 @@ from minibn.nn.init import glorot_normal, glorot_uniform
 
 __all__ = [
     "MODES", "Layer", "LayerError", "Sequential",
-    "Dense", "ReLU", "Flatten", "BatchNorm",
+    "Dense", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "BatchNorm",
     "NoisyBatchNorm", "NoiseInjection", "LpNorm",
     "softmax_cross_entropy", "squared_error", "glorot_normal", "glorot_uniform",
 ]

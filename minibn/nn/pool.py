@@ -1,0 +1,93 @@
+"""Max pooling, channels-last (NHWC), any kernel and stride, no padding.
+
+Shapes: x (N, H, W, C), y (N, Ho, Wo, C) with Ho = (H - kh) // sh + 1, Wo = (W - kw) // sw + 1.
+For a kernel offset (i, j) let x_ij be the strided slice of x seen at that offset by
+every window:
+
+    x_ij[n, ho, wo, c] = x[n, ho*sh + i, wo*sw + j, c]
+
+Forward: the maximum over the kh*kw offsets, and which offset holds it,
+
+    y = max_{(i, j)} x_ij
+    arg[n, ho, wo, c] = the FIRST offset k = i*kw + j (row-major) with x_ij = y
+
+Backward: the gradient of a window goes to ONE input, its (first) argmax:
+
+    dx[n, ho*sh + i, wo*sw + j, c] += dy[n, ho, wo, c] * [arg[n, ho, wo, c] == i*kw + j]
+
+On ties max is not differentiable; taking the first maximum is a valid subgradient and
+the same on NumPy and CuPy (docs/layers/pool.md). The backward is one strided slice per
+kernel offset. When windows do not overlap (kh <= sh and kw <= sw) the slices of
+different offsets are disjoint and are simply assigned; when in addition they tile x
+exactly (kernel == stride, H and W divisible: the common 2x2/2 pooling, x viewed as
+(N, Ho, kh, Wo, kw, C)) dx needs no zero fill. Overlapping windows add their slices,
+one offset at a time, so no scatter-add is needed either.
+"""
+
+from minibn import backend
+from minibn.nn.im2col import pair
+from minibn.nn.layer import Layer, LayerError, check_input
+
+
+def _slice(offset, count, stride):
+    return slice(offset, offset + (count - 1) * stride + 1, stride)
+
+
+def forward(x, kernel=(2, 2), stride=(2, 2)):
+    """``(y, cache)`` with y the window maxima; inputs are assumed valid (see :class:`MaxPool2d`)."""
+    xp = backend.array_module(x)
+    (kh, kw), (sh, sw) = kernel, stride
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    arg = xp.zeros((n, ho, wo, c), dtype=xp.uint8 if kh * kw <= 256 else xp.int32)
+    y = None
+    for k in range(kh * kw):
+        x_ij = x[:, _slice(k // kw, ho, sh), _slice(k % kw, wo, sw), :]
+        if y is None:
+            y = x_ij.copy()
+            continue
+        larger = x_ij > y                  # strict: an equal later value keeps the first argmax
+        xp.maximum(y, x_ij, out=y)
+        xp.copyto(arg, k, where=larger)
+    return y, (arg, x.shape, kernel, stride)
+
+
+def backward(dy, cache):
+    """``(dx, {})``: each dy goes to its window's first argmax."""
+    arg, x_shape, (kh, kw), (sh, sw) = cache
+    xp = backend.array_module(dy)
+    n, h, w, c = x_shape
+    ho, wo = dy.shape[1:3]
+    overlap = kh > sh or kw > sw
+    tiles = (kh, kw) == (sh, sw) and h == ho * kh and w == wo * kw
+    dx = xp.empty(x_shape, dtype=dy.dtype) if tiles else xp.zeros(x_shape, dtype=dy.dtype)
+    for k in range(kh * kw):
+        window = (slice(None), _slice(k // kw, ho, sh), _slice(k % kw, wo, sw), slice(None))
+        grad_k = dy * (arg == k)
+        if overlap:
+            dx[window] += grad_k
+        else:
+            dx[window] = grad_k
+    return dx, {}
+
+
+class MaxPool2d(Layer):
+    """``MaxPool2d(kernel_size=2, stride=None)``: stride defaults to the kernel size; no padding."""
+
+    def __init__(self, kernel_size=2, stride=None):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size", "MaxPool2d")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", "MaxPool2d")
+
+    def describe(self):
+        return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride})"
+
+    def _forward(self, x, mode):
+        check_input(self, "x", x, ndims=(4,))
+        if x.shape[1] < self.kernel_size[0] or x.shape[2] < self.kernel_size[1]:
+            raise LayerError(f"{self.describe()}: kernel {self.kernel_size} is larger than the input's "
+                             f"{tuple(x.shape[1:3])} rows and columns (x of shape {tuple(x.shape)})")
+        return forward(x, self.kernel_size, self.stride)
+
+    def _backward(self, dy, cache):
+        return backward(dy, cache)
