@@ -1,0 +1,160 @@
+import math
+
+import numpy as np
+import pytest
+
+from minibn import backend, nn
+from minibn.gradcheck import check_layer
+
+
+def model(dtype="float64", seed=0):
+    return nn.Sequential(
+        nn.Dense(3, 4, rng=seed, dtype=dtype),                 # 0  block 0
+        nn.BatchNorm(4, dtype=dtype),                          # 1  block 0
+        nn.ReLU(),                                             # 2
+        nn.Dense(4, 4, bias=False, rng=seed + 1, dtype=dtype), # 3  block 1
+        nn.NoisyBatchNorm(4, rng=seed + 2, dtype=dtype),       # 4  block 1
+        nn.NoiseInjection(4, rng=seed + 3, dtype=dtype),       # 5  (no params)
+        nn.Dense(4, 4, rng=seed + 4, dtype=dtype),             # 6  block 2
+        nn.LpNorm(4, math.inf, dtype=dtype),                   # 7  block 2
+        nn.ReLU(),                                             # 8
+        nn.Dense(4, 2, rng=seed + 5, dtype=dtype),             # 9  block 3
+    )
+
+
+def data(seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(6, 3)), rng.normal(size=(6, 2))
+
+
+def test_indexing_forward_and_backward_chain_the_layers():
+    net = model()
+    x, _ = data()
+    assert len(net) == 10 and isinstance(net[1], nn.BatchNorm) and list(net)[9] is net[9]
+    y = x
+    for layer in net:
+        y = layer.forward(y, "probe")
+    np.testing.assert_array_equal(net.forward(x, "probe"), y)
+    dy = np.ones_like(y)
+    d = dy
+    for layer in reversed(net.layers):
+        d = layer.backward(d)
+    np.testing.assert_array_equal(net.backward(dy), d)
+    assert "BatchNorm" in repr(net)
+
+
+def test_blocks_group_each_weight_layer_with_its_norm_layers():
+    net = model()
+    assert net.blocks() == [[0, 1], [3, 4], [6, 7], [9]]
+    sizes = [3 * 4 + 4 + 4 + 4, 16 + 4 + 4, 16 + 4 + 4 + 4, 8 + 2]
+    slices = net.block_slices()
+    assert [s.stop - s.start for s in slices] == sizes
+    assert slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    assert slices[-1].stop == net.num_params == sum(sizes)
+    # a norm layer before any weight layer opens its own block
+    assert nn.Sequential(nn.BatchNorm(2), nn.Dense(2, 2, rng=0)).blocks() == [[0], [1]]
+
+
+def test_flat_views_round_trip_and_follow_the_parameters_order():
+    net = model()
+    flat = net.flat_params()
+    parts = [v.ravel() for _, _, v in net.parameters()]
+    np.testing.assert_array_equal(flat, np.concatenate(parts))
+    assert [(i, k) for i, k, _ in net.parameters()][:4] == [(0, "W"), (0, "b"), (1, "gamma"), (1, "beta")]
+    flat[0] = 123.0                       # a copy: the model is untouched
+    assert net[0].params["W"][0, 0] != 123.0
+    ids = [id(v) for _, _, v in net.parameters()]
+    new = np.arange(net.num_params, dtype=np.float64)
+    net.set_flat_params(new)
+    np.testing.assert_array_equal(net.flat_params(), new)
+    assert [id(v) for _, _, v in net.parameters()] == ids   # written in place
+    np.testing.assert_array_equal(net[1].params["gamma"], new[16:20])
+    sl = net.block_slices()[1]
+    np.testing.assert_array_equal(net.flat_params()[sl], np.concatenate([net[3].params["W"].ravel(),
+                                                                         net[4].params["gamma"], net[4].params["beta"]]))
+
+
+def test_flat_grads_match_each_layer_grads_and_value_and_grad():
+    net = model()
+    x, target = data()
+    with pytest.raises(nn.LayerError, match=r"Dense\(3, 4.*layer 0.*no gradient for 'W'"):
+        net.flat_grads()
+    loss = net.value_and_grad(nn.squared_error, x, target, mode="probe")
+    ref_loss, dout = nn.squared_error(net.forward(x, "probe"), target)
+    assert loss == ref_loss
+    g = net.flat_grads()
+    np.testing.assert_array_equal(g, np.concatenate([net[i].grads[k].ravel() for i, k, _ in net.parameters()]))
+    # the flat gradient is the gradient of the loss as a function of the flat parameters
+    w = net.flat_params()
+    u = np.random.default_rng(0).normal(size=w.size)
+    eps = 1e-6
+    losses = []
+    for sign in (1, -1):
+        net.set_flat_params(w + sign * eps * u)
+        losses.append(nn.squared_error(net.forward(x, "probe"), target)[0])
+    net.set_flat_params(w)
+    assert abs((losses[0] - losses[1]) / (2 * eps) - float(g @ u)) < 1e-5 * (1 + abs(float(g @ u)))
+
+
+@pytest.mark.parametrize("mode", ["train", "probe"])
+def test_whole_model_gradcheck(mode):
+    check_layer(model(), data()[0], mode=mode)
+
+
+def test_probe_mode_leaves_every_state_and_parameter_untouched():
+    net = model()
+    x, target = data()
+    net.value_and_grad(nn.squared_error, x * 2 + 1, target, "train")    # non-trivial state
+    state, params = net.state(), net.flat_params().copy()
+    assert sorted(state) == [1, 4, 5, 7]
+    for mode in ("probe", "eval"):
+        net.value_and_grad(nn.squared_error, x, target, mode)
+    after = net.state()
+    np.testing.assert_array_equal(net.flat_params(), params)
+    for i in state:
+        for k in state[i]:
+            if k == "rng":
+                assert after[i][k] == state[i][k]
+            else:
+                np.testing.assert_array_equal(after[i][k], state[i][k])
+    net.forward(x, "train")
+    assert net.state()[4]["rng"] != state[4]["rng"]   # while training does advance it
+
+
+def test_state_round_trip_reproduces_a_training_forward():
+    net = model()
+    x, _ = data()
+    saved = net.state()
+    y1 = net.forward(x, "train")
+    net.forward(x, "train")
+    net.load_state({str(i): s for i, s in saved.items()})     # keys may come back as strings (JSON)
+    np.testing.assert_array_equal(net.forward(x, "train"), y1)
+
+
+def test_dtype_astype_and_backend_moves():
+    net = model(dtype="float32")
+    assert net.dtype == np.float32
+    net.astype("float64")
+    assert net.dtype == np.float64 and net[1].running_var.dtype == np.float64 and net[7].running_norm.dtype == np.float64
+    assert net.forward(data()[0], "train").dtype == np.float64
+
+
+def test_errors():
+    with pytest.raises(nn.LayerError, match="Sequential: item 1 is int, not a minibn Layer"):
+        nn.Sequential(nn.ReLU(), 3)
+    net = model()
+    with pytest.raises(nn.LayerError, match=r"set_flat_params needs a 1-D vector of \d+ values, got shape \(3,\)"):
+        net.set_flat_params(np.zeros(3))
+    with pytest.raises(nn.LayerError, match=r"Sequential\(10 layers\): mode must be one of"):
+        net.forward(data()[0], "predict")
+    assert nn.Sequential([nn.ReLU(), nn.Flatten()]).blocks() == []
+
+
+def test_on_every_backend(xp):
+    x, target = data()
+    grads = []
+    for name in ("numpy", backend.name_of(xp)):
+        net = model().to(name)
+        net.value_and_grad(nn.squared_error, backend.to_device(x, name), backend.to_device(target, name))
+        grads.append(backend.to_host(net.flat_grads()))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-11)
