@@ -1,0 +1,267 @@
+"""The Hessian of the train-mode loss, through products H v (beyond the paper).
+
+H is the Hessian of the loss being trained -- batch statistics, as in training -- taken
+in "probe" mode so that no running statistic or noise generator moves (PyHessian and
+loss-landscape switch BatchNorm to eval mode, a different function). w is the flat
+parameter vector (``model.flat_params()``), g = grad L(w) from minibn's own backward.
+
+Hessian-vector product, by central differences of the gradient along v_hat = v/||v||:
+
+    H v ~= ||v|| (grad L(w + h v_hat) - grad L(w - h v_hat)) / (2 h),   h = eps * max(1, ||w||_2)
+
+The error is O(h^2) (third derivatives) plus O(u / h) (rounding of the gradients, u the
+unit roundoff); eps = 1e-5, near u^(1/3) for float64, balances the two. Everything
+runs in float64: a model of another dtype is measured on a float64 copy (the original
+is not touched), so a float32 VGG's Hessian is that of the same network in float64.
+
+On top of it:
+
+* ``top_eigenvalue``: the eigenvalue of largest magnitude (signed), by power iteration
+  (Rayleigh quotient of the iterate) or by Lanczos (``eigsh`` on a ``LinearOperator``:
+  SciPy on host vectors, ``cupyx.scipy`` on the GPU); the start vector is seeded.
+* ``hutchinson_trace``: tr H ~= mean_s z_s^T H z_s with seeded Rademacher z_s.
+* ``gradient_curvature``: g^T H g / ||g||^2, the curvature along the gradient, which
+  the landscape probe's beta_eff approximates by finite steps.
+* ``block=i`` restricts each of them to block i's parameters (``model.block_slices()``):
+  the diagonal block H_ii of the Hessian.
+
+Cost: each product is 2 forward/backward passes, plus 1 for g (curvature) at setup.
+"""
+
+import copy
+import math
+
+from minibn import backend, nn
+from minibn.measure import Snapshot, check_every, json_float
+
+DEFAULT_EPS = 1e-5
+METHODS = ("lanczos", "power")
+
+
+def _float64_copy(model):
+    """A float64 copy of ``model`` (no caches or gradients copied)."""
+    clones = []
+    for layer in model:
+        light = copy.copy(layer)
+        light._cache, light.grads = None, {}
+        clones.append(copy.deepcopy(light).astype("float64"))
+    return nn.Sequential(clones)
+
+
+class HessianOperator:
+    """H at the model's current parameters as ``matvec(v)``; a context manager that
+    writes the parameters back (bit-exactly) on exit.
+
+    ``block`` restricts vectors to one block's slice of the flat vector (``size`` is then
+    that block's parameter count). ``grad`` is g (restricted likewise), ``loss`` is L(w),
+    ``hvps`` counts the products taken.
+    """
+
+    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS):
+        if not eps > 0:
+            raise ValueError(f"HessianOperator: eps must be positive, got {eps!r}")
+        if model.dtype != "float64":
+            model = _float64_copy(model)
+            x = x.astype("float64")
+            if target.dtype.kind == "f":
+                target = target.astype("float64")
+        self.model, self.loss_fn, self.x, self.target = model, loss_fn, x, target
+        self.xp = model._xp()
+        self._snapshot = Snapshot(model)
+        self.w = model.flat_params()
+        self.h = eps * max(1.0, float(self.xp.linalg.norm(self.w)))
+        self.slice = slice(None)
+        if block is not None:
+            slices = model.block_slices()
+            if not -len(slices) <= block < len(slices):
+                raise ValueError(f"HessianOperator: block {block} out of range; the model has {len(slices)} blocks")
+            self.slice = slices[block]
+        self.size = len(range(*self.slice.indices(self.w.size)))
+        self.loss, full_grad = self._loss_and_grad(self.w)
+        self.grad = full_grad[self.slice]
+        self.hvps = 0
+
+    def _loss_and_grad(self, w):
+        self.model.set_flat_params(w)
+        loss = self.model.value_and_grad(self.loss_fn, self.x, self.target, mode="probe")
+        return loss, self.model.flat_grads()
+
+    def matvec(self, v):
+        """H v for a vector v of ``size`` float64 entries on the model's backend."""
+        v = self.xp.asarray(v, dtype="float64").reshape(-1)
+        if v.size != self.size:
+            raise ValueError(f"HessianOperator.matvec: v has {v.size} entries, expected {self.size}")
+        norm = float(self.xp.linalg.norm(v))
+        if norm == 0.0:
+            return self.xp.zeros_like(v)
+        direction = self.xp.zeros_like(self.w)
+        direction[self.slice] = v / norm
+        g_plus = self._loss_and_grad(self.w + self.h * direction)[1]
+        g_minus = self._loss_and_grad(self.w - self.h * direction)[1]
+        self.hvps += 1
+        return (g_plus - g_minus)[self.slice] * (norm / (2.0 * self.h))
+
+    def random_vector(self, rng, kind="normal"):
+        """A seeded host draw of ``size`` float64 entries, moved to the model's backend."""
+        rng = backend.rng(rng)
+        if kind == "rademacher":
+            draw = rng.integers(0, 2, size=self.size).astype("float64") * 2.0 - 1.0
+        else:
+            draw = rng.standard_normal(self.size)
+        return backend.to_device(draw, self.xp)
+
+    def close(self):
+        self._snapshot.restore()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS):
+    """H v for the flat vector v (float64, the model's backend); see the module docstring."""
+    with HessianOperator(model, loss_fn, x, target, eps=eps) as op:
+        return op.matvec(v)
+
+
+def _power_iteration(op, iterations, tol, seed):
+    v = op.random_vector(seed)
+    v = v / op.xp.linalg.norm(v)
+    value = None
+    for _ in range(iterations):
+        hv = op.matvec(v)
+        new = float(op.xp.vdot(v, hv))  # Rayleigh quotient of the unit iterate
+        norm = float(op.xp.linalg.norm(hv))
+        if norm == 0.0 or not math.isfinite(norm):
+            return new, norm == 0.0
+        v = hv / norm
+        if value is not None and abs(new - value) <= tol * abs(new):
+            return new, True
+        value = new
+    return value, False
+
+
+def _lanczos(op, iterations, tol, seed, which):
+    v0 = op.random_vector(seed)
+    if op.size < 4:  # eigsh needs room for a Krylov space; build the tiny matrix instead
+        xp = op.xp
+        dense = xp.stack([op.matvec(col) for col in xp.eye(op.size)], axis=1)
+        values = xp.linalg.eigvalsh((dense + dense.T) / 2.0)
+        pick = values[-1] if which == "LA" else values[int(xp.argmax(abs(values)))]
+        return float(pick), True
+    if backend.name_of(op.xp) == "cupy":
+        from cupyx.scipy.sparse.linalg import LinearOperator, eigsh
+        matvec = op.matvec
+    else:
+        from scipy.sparse.linalg import LinearOperator, eigsh
+        v0 = backend.to_host(v0)
+
+        def matvec(v):  # ARPACK works on host vectors
+            return backend.to_host(op.matvec(v))
+    operator = LinearOperator((op.size, op.size), matvec=matvec, dtype="float64")
+    try:
+        values = eigsh(operator, k=1, which=which, v0=v0, maxiter=iterations, tol=tol, return_eigenvectors=False)
+    except Exception as err:
+        if type(err).__name__ != "ArpackNoConvergence":
+            raise
+        return (float(err.eigenvalues[0]), False) if len(err.eigenvalues) else (float("nan"), False)
+    return float(values[0]), True
+
+
+def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, which="LM",
+                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS):
+    """The top eigenvalue of H (or of block ``block``'s H_ii).
+
+    ``which="LM"``: largest magnitude, signed (what power iteration finds); Lanczos also
+    takes ``"LA"`` (largest algebraic). ``iterations`` bounds power steps (one product each)
+    or Lanczos restarts. Returns ``{"eigenvalue", "method", "which", "block", "converged",
+    "hvps"}`` (``eigenvalue`` is ``None`` if non-finite).
+    """
+    if method not in METHODS:
+        raise ValueError(f"top_eigenvalue: method must be one of {METHODS}, got {method!r}")
+    if which not in ("LM", "LA") or (method == "power" and which != "LM"):
+        raise ValueError(f"top_eigenvalue: which must be 'LM' (or 'LA' with Lanczos), got {which!r} with {method!r}")
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+        if method == "power":
+            value, converged = _power_iteration(op, iterations, tol, seed)
+        else:
+            value, converged = _lanczos(op, iterations, tol, seed, which)
+        return {"eigenvalue": None if value is None else json_float(value), "method": method, "which": which,
+                "block": block, "converged": bool(converged), "hvps": op.hvps}
+
+
+def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed=0, eps=DEFAULT_EPS):
+    """tr H ~= mean over ``samples`` seeded Rademacher z of z^T H z.
+
+    Returns ``{"trace", "stderr", "samples", "block", "hvps"}`` (stderr of the mean;
+    ``None`` for one sample).
+    """
+    if int(samples) != samples or samples < 1:
+        raise ValueError(f"hutchinson_trace: samples must be a positive integer, got {samples!r}")
+    rng = backend.rng(seed)
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+        estimates = []
+        for _ in range(int(samples)):
+            z = op.random_vector(rng, "rademacher")
+            estimates.append(float(op.xp.vdot(z, op.matvec(z))))
+        hvps = op.hvps
+    mean = math.fsum(estimates) / len(estimates)
+    stderr = None
+    if len(estimates) > 1:
+        spread = math.fsum((e - mean) ** 2 for e in estimates) / (len(estimates) - 1)
+        stderr = json_float(math.sqrt(spread / len(estimates)))
+    return {"trace": json_float(mean), "stderr": stderr, "samples": len(estimates), "block": block, "hvps": hvps}
+
+
+def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS):
+    """g^T H g / ||g||^2 (``None`` when g = 0 or a value is non-finite)."""
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+        g = op.grad
+        g_sq = float(op.xp.vdot(g, g))
+        if not g_sq > 0.0:
+            return None
+        return json_float(float(op.xp.vdot(g, op.matvec(g))) / g_sq)
+
+
+class HessianRecorder:
+    """Callback: top eigenvalue (Lanczos) and curvature along the gradient every ``every`` steps;
+    optionally the Hutchinson trace (``trace_samples`` > 0) and per-block top eigenvalues.
+
+    ``result()``: ``{"steps", "top_eigenvalue", "curvature"[, "trace"][, "block_top_eigenvalue"]}``.
+    """
+
+    def __init__(self, loss_fn, every=100, *, method="lanczos", trace_samples=0, per_block=False,
+                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, name="hessian"):
+        self.loss_fn, self.every, self.name = loss_fn, check_every("HessianRecorder", every), name
+        self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps}
+        self.trace_samples, self.per_block = int(trace_samples), per_block
+        self.records = {k: [] for k in self.keys()}
+
+    def keys(self):
+        return ("steps", "top_eigenvalue", "curvature") + (("trace",) if self.trace_samples else ()) \
+            + (("block_top_eigenvalue",) if self.per_block else ())
+
+    def __call__(self, step, model, x, target, optimizer):
+        args = (model, self.loss_fn, x, target)
+        rec = self.records
+        rec["steps"].append(int(step))
+        rec["top_eigenvalue"].append(top_eigenvalue(*args, **self.options)["eigenvalue"])
+        rec["curvature"].append(gradient_curvature(*args, eps=self.options["eps"]))
+        if self.trace_samples:
+            rec["trace"].append(hutchinson_trace(*args, samples=self.trace_samples, seed=self.options["seed"],
+                                                 eps=self.options["eps"])["trace"])
+        if self.per_block:
+            rec["block_top_eigenvalue"].append([top_eigenvalue(*args, block=b, **self.options)["eigenvalue"]
+                                                for b in range(len(model.blocks()))])
+
+    def result(self):
+        return {k: list(v) for k, v in self.records.items()}
+
+    def state(self):
+        return self.result()
+
+    def load_state(self, state):
+        self.records = {k: list(state[k]) for k in self.keys()}

@@ -1,0 +1,126 @@
+"""Activation moments through training (protocol.md §3, paper Fig 2, 5, 7).
+
+For each chosen layer index l, the input h_l that layer l sees on the batch (the
+forward run layer by layer in "probe" mode), and for each unit j (the last axis;
+statistics pool every other axis: batch, and H, W for conv maps):
+
+    mean_j = mean_i h_l[i, j],     var_j = mean_i (h_l[i, j] - mean_j)^2   (biased)
+
+Between consecutive measurements t-1, t (every ``every`` steps) and from the first
+measurement 0, averaged over the units of the layer:
+
+    mean_change = avg_j |mean_j(t) - mean_j(t-1)|,   var_change = avg_j |var_j(t) - var_j(t-1)|
+    mean_drift  = avg_j |mean_j(t) - mean_j(0)|,     var_drift  = avg_j |var_j(t) - var_j(0)|
+
+For one unit per layer, drawn once from ``seed``, its signed mean and variance
+(``unit_mean``, ``unit_var``, from which its signed changes and drifts follow) and
+``n_samples`` of its values drawn without replacement (seeded by seed, layer and
+step, so a resumed run draws the same), for ridge and violin plots. With
+``per_unit=True`` every unit's mean and variance are kept as well.
+
+Cost: one forward pass up to the deepest chosen layer; no backward.
+"""
+
+from minibn import backend
+from minibn.measure import Snapshot, check_every, json_float
+
+
+def _floats(values):
+    return [json_float(v) for v in backend.to_host(values).tolist()]
+
+
+def _avg_abs_diff(a, b):
+    return json_float(abs(a - b).mean())
+
+
+def layer_inputs(model, x, layers):
+    """``{l: input of layer l}`` for the layer indices ``layers``, by a probe-mode forward pass."""
+    wanted = set(layers)
+    inputs, h = {}, x
+    with Snapshot(model):
+        for index, layer in enumerate(model):
+            if index in wanted:
+                inputs[index] = h
+            if len(inputs) == len(wanted):
+                break
+            h = layer.forward(h, "probe")
+    return inputs
+
+
+class MomentsRecorder:
+    """Callback: moments of the inputs of layers ``layers`` every ``every`` steps.
+
+    ``result()``: ``{"steps": [t], "layers": {str(l): {"unit", "mean_change", "var_change",
+    "mean_drift", "var_drift", "unit_mean", "unit_var", "samples"[, "mean", "var"]}}}``,
+    every list aligned with ``steps`` (the changes are ``None`` at the first measurement).
+    """
+
+    SERIES = ("mean_change", "var_change", "mean_drift", "var_drift", "unit_mean", "unit_var", "samples")
+
+    def __init__(self, layers, every=100, n_samples=256, seed=0, *, per_unit=False, name="moments"):
+        self.layers = [int(l) for l in layers]
+        if not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"MomentsRecorder: layers must be distinct non-negative layer indices, got {layers!r}")
+        if int(n_samples) != n_samples or n_samples < 1:
+            raise ValueError(f"MomentsRecorder: n_samples must be a positive integer, got {n_samples!r}")
+        self.every, self.n_samples, self.seed = check_every("MomentsRecorder", every), int(n_samples), int(seed)
+        self.per_unit, self.name = per_unit, name
+        self.steps, self.series = [], {}
+        self.first, self.last = {}, {}  # host (mean, var) arrays per layer, for drifts and changes
+
+    def _units(self, inputs):
+        """One unit per layer, drawn once from the seed in the order of ``layers``."""
+        rng = backend.rng(self.seed)
+        return {l: int(rng.integers(inputs[l].shape[-1])) for l in self.layers}
+
+    def __call__(self, step, model, x, target, optimizer):
+        if max(self.layers) >= len(model):
+            raise ValueError(f"MomentsRecorder: layer index {max(self.layers)} out of range for a model of {len(model)} layers")
+        inputs = layer_inputs(model, x, self.layers)
+        if not self.series:
+            units = self._units(inputs)
+            self.series = {str(l): {"unit": units[l], **{k: [] for k in self.SERIES},
+                                    **({"mean": [], "var": []} if self.per_unit else {})} for l in self.layers}
+        self.steps.append(int(step))
+        xp = backend.array_module(x)
+        for l in self.layers:
+            rec = self.series[str(l)]
+            h = inputs[l].reshape(-1, inputs[l].shape[-1])
+            mean = h.mean(axis=0)
+            var = ((h - mean) ** 2).mean(axis=0)
+            mean_h, var_h = backend.to_host(mean).astype("float64"), backend.to_host(var).astype("float64")
+            first = self.first.setdefault(l, (mean_h, var_h))
+            last = self.last.get(l)
+            rec["mean_change"].append(None if last is None else _avg_abs_diff(mean_h, last[0]))
+            rec["var_change"].append(None if last is None else _avg_abs_diff(var_h, last[1]))
+            rec["mean_drift"].append(_avg_abs_diff(mean_h, first[0]))
+            rec["var_drift"].append(_avg_abs_diff(var_h, first[1]))
+            self.last[l] = (mean_h, var_h)
+            unit = rec["unit"]
+            rec["unit_mean"].append(json_float(mean_h[unit]))
+            rec["unit_var"].append(json_float(var_h[unit]))
+            values = h[:, unit]
+            if values.shape[0] > self.n_samples:
+                pick = backend.rng([self.seed, l, int(step)]).choice(values.shape[0], self.n_samples, replace=False)
+                values = values[xp.asarray(pick)]
+            rec["samples"].append(_floats(values))
+            if self.per_unit:
+                rec["mean"].append(_floats(mean_h))
+                rec["var"].append(_floats(var_h))
+
+    def result(self):
+        return {"steps": list(self.steps),
+                "layers": {name: {k: (list(v) if isinstance(v, list) else v) for k, v in rec.items()}
+                           for name, rec in self.series.items()}}
+
+    def state(self):
+        return {"result": self.result(),
+                "first": {str(l): list(v) for l, v in self.first.items()},
+                "last": {str(l): list(v) for l, v in self.last.items()}}
+
+    def load_state(self, state):
+        self.steps = list(state["result"]["steps"])
+        self.series = state["result"]["layers"]
+        host = backend.host
+        self.first = {int(l): tuple(host.asarray(a, dtype="float64") for a in v) for l, v in state["first"].items()}
+        self.last = {int(l): tuple(host.asarray(a, dtype="float64") for a in v) for l, v in state["last"].items()}
