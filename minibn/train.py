@@ -1,0 +1,271 @@
+"""The training loop: steps, callbacks, evaluation, divergence, checkpoints, resume.
+
+It knows nothing of the instruments; studies attach them as callbacks. Step t
+(t = 0 .. steps-1) does, in this order:
+
+1. ``x, target = stream.next()``;
+2. every callback with ``t % every == 0`` (and every callback at the last step
+   t = steps-1) is called as ``callback(t, model, x, target, optimizer)``: it sees
+   w_t and the batch of step t, before the update;
+3. ``loss_t = L(w_t; x, target)`` and the gradients, in ``mode`` ("train");
+   a NaN or infinite loss ends the run here with ``diverged_at = t`` (no update,
+   no exception);
+4. ``optimizer.step()``: w_{t+1}. After it, s = t + 1 updates are done, and
+   ``evaluate(model)`` runs when s is a multiple of ``eval_every`` (also at s = 0,
+   before training) and once at the end; a checkpoint is written when s is a multiple
+   of ``checkpoint_every``, and at the end.
+
+Protocols:
+
+* stream: ``next() -> (x, target)``, ``state() -> dict``, ``load_state(dict)``;
+* callback: ``name``, ``every``, ``__call__(step, model, x, target, optimizer)``,
+  ``result() -> dict`` (JSON-able), ``state()``, ``load_state(state)``; it must leave
+  parameters, gradients' effect, normalization state and RNG states untouched, and
+  tolerate non-finite values (a diverging run calls it too);
+* ``evaluate(model) -> {metric: float}``.
+
+A checkpoint is one ``.npz`` file, written to a temporary name and moved into place
+with ``os.replace``, so an interrupted write never leaves a half checkpoint: the flat
+parameters (host), ``model.state()`` (running statistics, noise generators),
+``optimizer.state()``, ``stream.state()``, each callback's ``state()``, the results so
+far and the step; arrays are npz entries and everything else is one JSON text stored
+in the entry ``__meta__``. ``resume=True`` continues from it; on NumPy the resumed run
+ends bit-identical to an uninterrupted one (same results, same parameters).
+
+The results (JSON-able; NaN/inf stored as ``None``), documented in docs/instruments.md:
+``{"steps": [t], "loss": [loss_t], "diverged_at": t or None, "eval_steps": [s],
+"eval": {metric: [value]}, "callbacks": {name: result()}, "wall_s": seconds}``.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+from minibn import backend
+
+FORMAT = "minibn-checkpoint-1"
+
+
+class FullBatch:
+    """The stream of full-batch gradient descent: always the same ``(x, target)``."""
+
+    def __init__(self, x, target):
+        self.x, self.target = x, target
+
+    def next(self):
+        return self.x, self.target
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
+class MiniBatches:
+    """Shuffled minibatches of ``batch_size`` rows, epoch after epoch, from a seeded generator.
+
+    Each epoch draws a fresh permutation; the last partial batch of an epoch is dropped.
+    The state (generator, permutation, position) makes the stream resumable.
+    """
+
+    def __init__(self, x, target, batch_size, seed=0):
+        if len(x) != len(target):
+            raise ValueError(f"MiniBatches: x has {len(x)} rows but target has {len(target)}")
+        if int(batch_size) != batch_size or not 1 <= batch_size <= len(x):
+            raise ValueError(f"MiniBatches: batch_size must be an integer in [1, {len(x)}], got {batch_size!r}")
+        self.x, self.target, self.batch_size = x, target, int(batch_size)
+        self.rng = backend.rng(seed)
+        self.order, self.position = None, 0
+
+    def next(self):
+        if self.order is None or self.position + self.batch_size > len(self.x):
+            self.order, self.position = self.rng.permutation(len(self.x)), 0
+        rows = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        rows = backend.to_device(rows, backend.array_module(self.x))
+        return self.x[rows], self.target[rows]
+
+    def state(self):
+        return {"rng": self.rng.bit_generator.state, "order": self.order, "position": self.position}
+
+    def load_state(self, state):
+        self.rng.bit_generator.state = state["rng"]
+        self.order = None if state["order"] is None else backend.host.asarray(state["order"])
+        self.position = int(state["position"])
+
+
+# --- checkpoints -----------------------------------------------------------------
+
+def _pack(obj, arrays, where):
+    """JSON-able copy of ``obj`` with every array moved into ``arrays`` (host) and referenced."""
+    if isinstance(obj, dict):
+        return {str(k): _pack(v, arrays, f"{where}/{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, arrays, f"{where}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, backend.host.generic):
+        return obj.item()
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        key = f"a{len(arrays)}"
+        arrays[key] = backend.to_host(obj)
+        return {"__array__": key}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"train: cannot checkpoint a {type(obj).__name__} (at {where or '/'})")
+
+
+def _unpack(obj, arrays):
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            return arrays[obj["__array__"]]
+        return {k: _unpack(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, arrays) for v in obj]
+    return obj
+
+
+def save_checkpoint(path, payload):
+    """Write ``payload`` (dicts, lists, scalars, arrays) to ``path`` atomically."""
+    host = backend.host
+    arrays = {}
+    meta = json.dumps(_pack(payload, arrays, ""))
+    arrays["__meta__"] = host.frombuffer(meta.encode("utf-8"), dtype=host.uint8)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        host.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """The payload written by :func:`save_checkpoint` (arrays come back as host arrays)."""
+    with backend.host.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+    return _unpack(meta, arrays)
+
+
+# --- the loop --------------------------------------------------------------------
+
+def _finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _progress_bar(progress, total, initial):
+    from tqdm import tqdm
+
+    enabled = sys.stderr.isatty() if progress is None or isinstance(progress, str) else bool(progress)
+    desc = progress if isinstance(progress, str) else None
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _check_positive(arg, value, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"train: {arg} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=None, eval_every=None,
+          log_every=1, checkpoint=None, checkpoint_every=None, resume=False, progress=None, mode="train"):
+    """Train ``model`` for ``steps`` updates; see the module docstring. Returns the results dict.
+
+    ``loss_fn(out, target) -> (loss, dout)``; ``progress``: None (a bar when stderr is a
+    terminal), a string (the bar's label, same rule), True or False (force). With
+    ``resume=True`` and an existing ``checkpoint`` file, the run continues from it (a
+    finished or diverged run just returns its results); the callbacks must be the same.
+    """
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise ValueError(f"train: steps must be a non-negative integer, got {steps!r}")
+    steps = int(steps)
+    eval_every, log_every = _check_positive("eval_every", eval_every), _check_positive("log_every", log_every, False)
+    checkpoint_every = _check_positive("checkpoint_every", checkpoint_every)
+    if (checkpoint_every or resume) and checkpoint is None:
+        raise ValueError("train: checkpoint_every and resume need a checkpoint path")
+    callbacks = list(callbacks)
+    names = [cb.name for cb in callbacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"train: callback names must be unique, got {names}")
+    for cb in callbacks:
+        _check_positive(f"callback {cb.name!r}.every", cb.every, False)
+
+    results = {"steps": [], "loss": [], "diverged_at": None, "eval_steps": [], "eval": {}}
+    start, wall_before, done = 0, 0.0, False
+    if resume and os.path.exists(checkpoint):
+        saved = load_checkpoint(checkpoint)
+        if saved.get("format") != FORMAT or saved["num_params"] != model.num_params:
+            raise ValueError(f"train: checkpoint {checkpoint} does not match this model "
+                             f"({saved.get('num_params')} parameters saved, {model.num_params} here)")
+        if sorted(saved["callbacks"]) != sorted(names):
+            raise ValueError(f"train: checkpoint {checkpoint} was written with callbacks {sorted(saved['callbacks'])}, "
+                             f"resumed with {sorted(names)}")
+        xp = model._xp()
+        model.set_flat_params(backend.to_device(saved["params"], xp))
+        model.load_state(saved["model"])
+        optimizer.load_state(saved["optimizer"])
+        stream.load_state(saved["stream"])
+        for cb in callbacks:
+            cb.load_state(saved["callbacks"][cb.name])
+        results, start, wall_before = saved["results"], saved["step"], saved["wall_s"]
+        done = results["diverged_at"] is not None or start >= steps
+
+    t0 = time.perf_counter()
+
+    def run_evaluate(s):
+        results["eval_steps"].append(s)
+        for metric, value in evaluate(model).items():
+            results["eval"].setdefault(metric, []).append(_finite_or_none(value))
+
+    def write_checkpoint(s):
+        save_checkpoint(checkpoint, {
+            "format": FORMAT, "step": s, "steps": steps, "num_params": model.num_params,
+            "params": backend.to_host(model.flat_params()), "model": model.state(),
+            "optimizer": optimizer.state(), "stream": stream.state(),
+            "callbacks": {cb.name: cb.state() for cb in callbacks}, "results": results,
+            "wall_s": wall_before + time.perf_counter() - t0})
+
+    s = start
+    if not done:
+        if start == 0 and evaluate is not None and eval_every:
+            run_evaluate(0)
+        bar = _progress_bar(progress, steps, start)
+        try:
+            for t in range(start, steps):
+                x, target = stream.next()
+                last = t == steps - 1
+                for cb in callbacks:
+                    if t % cb.every == 0 or last:
+                        cb(t, model, x, target, optimizer)
+                loss = model.value_and_grad(loss_fn, x, target, mode=mode)
+                finite = math.isfinite(loss)
+                if t % log_every == 0 or last or not finite:
+                    results["steps"].append(t)
+                    results["loss"].append(_finite_or_none(loss))
+                if not finite:
+                    results["diverged_at"] = t
+                    break
+                optimizer.step()
+                s = t + 1
+                bar.update(1)
+                if t % log_every == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                if evaluate is not None and eval_every and s % eval_every == 0:
+                    run_evaluate(s)
+                if checkpoint_every and s % checkpoint_every == 0 and s < steps:
+                    write_checkpoint(s)
+        finally:
+            bar.close()
+        if evaluate is not None and (not results["eval_steps"] or results["eval_steps"][-1] != s):
+            run_evaluate(s)
+        if checkpoint is not None:
+            write_checkpoint(s)
+
+    out = dict(results)
+    out["callbacks"] = {cb.name: cb.result() for cb in callbacks}
+    out["wall_s"] = wall_before + (time.perf_counter() - t0 if not done else 0.0)
+    return out
