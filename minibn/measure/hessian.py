@@ -10,7 +10,9 @@ Hessian-vector product, by central differences of the gradient along v_hat = v/|
     H v ~= ||v|| (grad L(w + h v_hat) - grad L(w - h v_hat)) / (2 h),   h = eps * max(1, ||w||_2)
 
 The error is O(h^2) (third derivatives) plus O(u / h) (rounding of the gradients, u the
-unit roundoff); eps = 1e-5, near u^(1/3) for float64, balances the two. Everything
+unit roundoff, 1.1e-16 in float64). The default eps = 1e-6 sits between the two: on the
+25-layer DLN (standard and BN, 1000 samples) the product changes by about 1e-9 relative
+from eps = 1e-6 to 1e-7, by 1e-7 from 1e-5 to 1e-6, and grows noisy again below 1e-7. Everything
 runs in float64: a model of another dtype is measured on a float64 copy (the original
 is not touched), so a float32 VGG's Hessian is that of the same network in float64.
 
@@ -34,7 +36,7 @@ import math
 from minibn import backend, nn
 from minibn.measure import Snapshot, check_every, json_float
 
-DEFAULT_EPS = 1e-5
+DEFAULT_EPS = 1e-6
 METHODS = ("lanczos", "power")
 
 
