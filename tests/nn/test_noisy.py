@@ -19,30 +19,26 @@ def inputs(draw):
     return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).normal(size=shape) * draw(st.sampled_from([0.3, 3.0]))
 
 
-def reference_draws(seed, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1):
-    """Algorithm 1 spelled out with loops, in the documented draw order: mu, sigma, shift, scale."""
+def reference_draws(seed, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype=np.float64):
+    """Algorithm 1 spelled out element by element, in the documented draw order:
+    mu_j, sigma_j (float64 uniforms), then per element u ~ U(0, 1) and z ~ N(0, 1) in ``dtype``."""
     rng = np.random.default_rng(seed)
     c = shape[-1]
-    mu = rng.uniform(-n_mu, n_mu, c)
-    sigma = rng.uniform(1.0, n_sigma, c)
-    shift = rng.uniform(mu - r_mu, mu + r_mu, size=shape)
-    scale = rng.normal(sigma, r_sigma, size=shape)
-    # the same, element by element, from the same uniforms/normals (loc + width * standard draw)
-    rng = np.random.default_rng(seed)
-    mu2, sigma2 = rng.uniform(size=c), rng.uniform(size=c)
-    u, z = rng.uniform(size=shape), rng.standard_normal(size=shape)
+    mu, sigma = rng.uniform(-n_mu, n_mu, c), rng.uniform(1.0, n_sigma, c)
+    u, z = rng.random(shape, dtype=dtype), rng.standard_normal(shape, dtype=dtype)
+    shift, scale = np.empty(shape), np.empty(shape)
     for idx in np.ndindex(*shape):
         j = idx[-1]
-        mu_j, sigma_j = -n_mu + 2 * n_mu * mu2[j], 1.0 + (n_sigma - 1.0) * sigma2[j]
-        assert abs(shift[idx] - (mu_j - r_mu + 2 * r_mu * u[idx])) < 1e-12
-        assert abs(scale[idx] - (sigma_j + r_sigma * z[idx])) < 1e-12
+        shift[idx] = (mu[j] - r_mu) + 2 * r_mu * float(u[idx])     # ~ U(mu_j - r_mu, mu_j + r_mu)
+        scale[idx] = sigma[j] + r_sigma * float(z[idx])            # ~ N(sigma_j, r_sigma^2)
     return scale, shift
 
 
 def draws_of(layer_factory, shape):
     """(scale, shift) a noise layer applies, read off two twins fed 0 and 1 (same seed, same draws)."""
-    zeros = layer_factory().forward(np.zeros(shape), "train")
-    ones = layer_factory().forward(np.ones(shape), "train")
+    a, b = layer_factory(), layer_factory()
+    zeros = a.forward(np.zeros(shape, a.dtype), "train")
+    ones = b.forward(np.ones(shape, b.dtype), "train")
     return ones - zeros, zeros
 
 
@@ -51,7 +47,7 @@ def test_noise_injection_applies_algorithm_1_with_documented_draws(shape):
     scale, shift = draws_of(lambda: nn.NoiseInjection(shape[-1], rng=42, dtype="float64"), shape)
     ref_scale, ref_shift = reference_draws(42, shape)
     np.testing.assert_allclose(scale, ref_scale, rtol=1e-12)
-    np.testing.assert_allclose(shift, ref_shift, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(shift, ref_shift, rtol=1e-12, atol=1e-14)
     x = np.random.default_rng(0).normal(size=shape)
     np.testing.assert_allclose(nn.NoiseInjection(shape[-1], rng=42, dtype="float64").forward(x, "train"),
                                ref_scale * x + ref_shift, rtol=1e-12)
@@ -72,6 +68,14 @@ def test_noisy_batchnorm_is_batchnorm_then_noise():
     np.testing.assert_allclose(layer.backward(dy), dx_ref, rtol=1e-12)
     for k in grads_ref:
         np.testing.assert_allclose(layer.grads[k], grads_ref[k], rtol=1e-12)
+
+
+def test_float32_inputs_get_float32_draws_from_the_same_recipe():
+    shape = (3, 2, 2, 4)
+    scale, shift = draws_of(lambda: nn.NoiseInjection(4, rng=8, dtype="float32"), shape)
+    ref_scale, ref_shift = reference_draws(8, shape, dtype=np.float32)
+    np.testing.assert_allclose(scale, ref_scale, rtol=1e-6)
+    np.testing.assert_allclose(shift, ref_shift, rtol=1e-6, atol=1e-6)
 
 
 def test_noise_injection_backward_uses_the_same_draws():
