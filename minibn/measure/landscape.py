@@ -48,7 +48,11 @@ def probe_gradient_direction(model, loss_fn, x, target, etas):
         loss0 = model.value_and_grad(loss_fn, x, target, mode="probe")
         g = model.flat_grads()
         grad_norm = float(xp.linalg.norm(g))
-        layer_grads = [model[i].grads[k] for i, k, _ in model.parameters()]
+        # g per parameter, as views of the flat copy (a layer may reuse its grads arrays)
+        offsets = [0]
+        for _, _, p in model.parameters():
+            offsets.append(offsets[-1] + p.size)
+        layer_grads = [g[a:b].reshape(p.shape) for (_, _, p), a, b in zip(model.parameters(), offsets, offsets[1:])]
         nonfinite = 0
         for eta in etas:
             for (layer, key, w0), g_part in zip(saved.params, layer_grads):
