@@ -127,11 +127,13 @@ def _unpack(obj, arrays):
 
 
 def save_checkpoint(path, payload):
-    """Write ``payload`` (dicts, lists, scalars, arrays) to ``path`` atomically."""
+    """Write ``payload`` (dicts, lists, scalars, arrays) to ``path`` atomically (creating its folder)."""
     host = backend.host
     arrays = {}
     meta = json.dumps(_pack(payload, arrays, ""))
     arrays["__meta__"] = host.frombuffer(meta.encode("utf-8"), dtype=host.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         host.savez(f, **arrays)

@@ -174,7 +174,7 @@ def test_killed_process_resumes_to_the_identical_result(tmp_path):
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
-    path = str(tmp_path / "c")
+    path = str(tmp_path / "new" / "folder" / "c")  # folders are created
     payload = {"a": np.arange(3.0, dtype="float32"), "b": {"1": [np.int64(4), 2.5, None, "s"]}, "t": (np.ones(2),)}
     train.save_checkpoint(path, payload)
     back = train.load_checkpoint(path)
