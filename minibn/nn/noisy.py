@@ -25,8 +25,9 @@ nothing (the paper is silent; minibn's choice: measuring must neither perturb th
 nor advance the generator). The draws come from a host ``numpy.random.Generator``
 (:func:`minibn.backend.rng`) in the order mu, sigma (float64), shift, scale (standard
 uniform and normal variates in the input's dtype, see :func:`draw`), and are then moved
-to the input's device, so one seed gives the same noise on NumPy and CuPy. The generator's state (``bit_generator.state``) is part of
-``layer.state()``, so a checkpoint resumes with the very same draws.
+to the input's device, so one seed gives the same noise on NumPy and CuPy. The
+generator's state (``bit_generator.state``) is part of ``layer.state()``, so a checkpoint
+resumes with the very same draws.
 """
 
 import copy
@@ -36,9 +37,6 @@ from minibn import backend
 from minibn.nn.batchnorm import BatchNorm
 from minibn.nn.batchnorm import backward as batchnorm_backward
 from minibn.nn.layer import Layer, LayerError, check_input
-
-NOISE_DEFAULTS = {"n_mu": 0.5, "n_sigma": 1.25, "r_mu": 0.1, "r_sigma": 0.1}
-
 
 def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float64"):
     """Host ``(scale, shift)`` of ``shape`` and ``dtype`` (float32 or float64) for one step.
