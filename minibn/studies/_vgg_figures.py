@@ -1,0 +1,495 @@
+"""Figures, results files and report of the VGG study (:mod:`minibn.studies.vgg`).
+
+Everything here reads the plain lists of the study's results; nothing measures. The
+figure numbers follow the paper's VGG panels as minibn reads them (docs/vgg.md):
+
+    fig1_accuracy, fig1_activations      E1: train/test accuracy at LR and LR_HIGH; activation histograms
+    fig2_noisy_accuracy, fig2_noisy_activations   E2: noisy BN vs BN vs standard; activation ridges
+    fig3_ics                             E3: ||G - G'|| and cos(G, G') per layer at LR and LR_LOW
+    fig4_landscape                       E4: loss variation, gradient predictiveness, beta_eff
+    fig5_lp_training, fig6_lp_landscape, fig12_lp_activations   E5: the Lp normalizations
+    fig8_moments                         E2: step-to-step changes of the activation moments
+    fig11_gradpred_vs_eta                E4: ||grad L(w - eta' g) - g|| against eta', coloured by step
+
+Layer numbers count conv layers 1..n (protocol.md §1); the paper's layer k of VGG-16's 13
+becomes layer round(k n / 13) of a net with n conv layers.
+"""
+
+import math
+import os
+
+from minibn import io, report
+from minibn.report import floats, fmt
+
+np = report.np
+COLORS = {"standard": "C0", "batchnorm": "C1", "noisy": "C2", "standard_noisy": "C3", "l1": "C4", "l2": "C5",
+          "linf": "C6"}
+LABELS = {"standard": "standard", "batchnorm": "BatchNorm", "noisy": "noisy BatchNorm",
+          "standard_noisy": "standard + noise", "l1": "L1 norm", "l2": "L2 norm", "linf": "L∞ norm"}
+
+
+# --- reading the results ----------------------------------------------------------
+
+def find(doc, variant, lr):
+    """The run of ``variant`` at ``lr`` (None when the study did not train it)."""
+    for run in doc["runs"].values():
+        if run["variant"] == variant and math.isclose(run["lr"], lr):
+            return run
+    return None
+
+
+def scaled_layers(n, paper_layers):
+    """The paper's layer numbers (of 13 conv layers) on a net of ``n`` conv layers, distinct, in order."""
+    return sorted({min(n, max(1, round(k * n / 13))) for k in paper_layers})
+
+
+def n_conv(doc):
+    for run in doc["runs"].values():
+        return len(run["moments"]["conv_layers"])
+    return 0
+
+
+def moment_series(run, conv_layer):
+    """The moments record of conv layer ``conv_layer`` (1-based) of a run."""
+    layers = sorted(run["moments"]["layers"], key=int)
+    return run["moments"]["layers"][layers[conv_layer - 1]]
+
+
+def samples(run, conv_layer, arrays, name):
+    """(points, n_samples) activation samples of one conv layer (NaN where not finite)."""
+    key = f"{name}/moments/{conv_layer}"
+    if key in arrays:
+        return arrays[key]
+    return stack_ragged(moment_series(run, conv_layer).get("samples", []))
+
+
+def stack_ragged(lists):
+    width = max((len(v) for v in lists), default=0)
+    out = np.full((len(lists), width), np.nan)
+    for i, v in enumerate(lists):
+        out[i, :len(v)] = floats(v)
+    return out
+
+
+def split_arrays(doc):
+    """results.json without the activation samples, and the samples as npz arrays."""
+    arrays, runs = {}, {}
+    for name, run in doc["runs"].items():
+        run = dict(run)
+        mom = dict(run["moments"])
+        layers = {}
+        for k, (layer, rec) in enumerate(sorted(mom["layers"].items(), key=lambda kv: int(kv[0])), start=1):
+            rec = dict(rec)
+            arrays[f"{name}/moments/{k}"] = stack_ragged(rec.pop("samples", []))
+            layers[layer] = rec
+        mom["layers"] = layers
+        run["moments"] = mom
+        runs[name] = run
+    return {**doc, "runs": runs}, arrays
+
+
+def tail_mean(values, fraction=0.1):
+    """Mean of the last ``fraction`` of the finite values (the final training loss, less noisy)."""
+    v = floats(values)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return math.nan
+    return float(v[-max(1, int(len(v) * fraction)):].mean())
+
+
+def final(run, key):
+    values = run.get(key) or []
+    return values[-1] if values else None
+
+
+def window(steps, early):
+    """Indices of the measurement points after step 0; ``early``: only the first 20% of them."""
+    idx = [i for i, s in enumerate(steps) if s > 0]
+    if early:
+        idx = idx[:max(1, math.ceil(0.2 * len(idx)))]
+    return idx
+
+
+def median_at(values, idx):
+    v = floats([values[i] for i in idx]) if idx else np.array([])
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else math.nan
+
+
+def landscape_summary(run, early):
+    """Medians over the window of the loss spread (max - min over the grid), the largest
+    gradient change, and beta_eff."""
+    ls = run.get("landscape")
+    if not ls:
+        return None
+    idx = window(ls["steps"], early)
+    spread = [None if lo is None or hi is None else hi - lo for lo, hi in zip(ls["loss_min"], ls["loss_max"])]
+    return {"loss_spread": median_at(spread, idx), "gradpred_max": median_at(ls["gradpred_max"], idx),
+            "beta_eff": median_at(ls["beta_eff"], idx), "nonfinite": int(sum(ls.get("nonfinite") or [0]))}
+
+
+def ics_summary(run):
+    """Per layer, the median over measurements after step 0 of ||G - G'|| and of cos."""
+    ic = run.get("ics")
+    if not ic:
+        return None
+    idx = window(ic["steps"], early=False)
+    cols = list(zip(*ic["l2"])) if ic["l2"] else []
+    coss = list(zip(*ic["cos"])) if ic["cos"] else []
+    return {"l2": [median_at(c, idx) for c in cols], "cos": [median_at(c, idx) for c in coss]}
+
+
+def shape_stats(x):
+    """Skewness and excess kurtosis of the finite values of ``x`` (0 and 0 for a Gaussian)."""
+    x = x[np.isfinite(x)]
+    if x.size < 3 or x.std() == 0:
+        return math.nan, math.nan
+    z = (x - x.mean()) / x.std()
+    return float((z ** 3).mean()), float((z ** 4).mean() - 3.0)
+
+
+# --- figures ------------------------------------------------------------------------
+
+def _acc_axes(ax, title):
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+
+
+def _plot_acc(ax, run, key, label, color, style="-"):
+    if run and run.get(key):
+        ax.plot(run["eval_steps"], floats(run[key]), style, color=color, label=label, lw=1.3)
+
+
+def fig_accuracy(doc, path, variants, lrs, title):
+    fig, axes = report.new_figure(1, 3)
+    styles = ["-", "--", ":"]
+    for v in variants:
+        for lr, style in zip(lrs, styles):
+            run = find(doc, v, lr)
+            if run is None:
+                continue
+            label = f"{LABELS[v]}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
+            _plot_acc(axes[0, 0], run, "train_acc", label, COLORS[v], style)
+            _plot_acc(axes[0, 1], run, "test_acc", label, COLORS[v], style)
+            axes[0, 2].plot(run["steps"], floats(run["loss"]), style, color=COLORS[v], lw=0.5, alpha=0.7, label=label)
+    _acc_axes(axes[0, 0], f"{title}: training accuracy (eval mode)")
+    _acc_axes(axes[0, 1], f"{title}: test accuracy")
+    axes[0, 2].set_yscale("log")
+    axes[0, 2].set_xlabel("step")
+    axes[0, 2].set_title("training loss (train mode, per batch)")
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
+    layers = scaled_layers(n_conv(doc), paper_layers)
+    fig, axes = report.new_figure(1, len(layers))
+    for ax, layer in zip(axes[0], layers):
+        for v in variants:
+            run = find(doc, v, lr)
+            if run is None:
+                continue
+            x = samples(run, layer, arrays, run_name_of(doc, run))[-1]
+            x = x[np.isfinite(x)]
+            if x.size:
+                ax.hist(x, bins=50, density=True, histtype="step", color=COLORS[v], label=LABELS[v], lw=1.2)
+        ax.set_title(f"conv layer {layer}: pre-activations at the last step")
+        ax.set_xlabel("value")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
+    layers = scaled_layers(n_conv(doc), paper_layers)
+    present = [v for v in variants if find(doc, v, lr)]
+    fig, axes = report.new_figure(max(1, len(present)), len(layers), width=3.6, height=3.0)
+    for row, v in enumerate(present):
+        run = find(doc, v, lr)
+        steps = run["moments"]["steps"]
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            report.ridge(ax, list(samples(run, layer, arrays, run_name_of(doc, run))), steps, color=COLORS[v])
+            ax.set_title(f"{LABELS[v]}, layer {layer}", fontsize=9)
+    _save(fig, path)
+
+
+def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
+    n = n_conv(doc)
+    layers = scaled_layers(n, paper_layers)
+    fig, axes = report.new_figure(1 + 2 * len(layers), len(lrs), width=4.4, height=2.6)
+    for col, lr in enumerate(lrs):
+        for v in ("standard", "batchnorm"):
+            run = find(doc, v, lr)
+            if run is None:
+                continue
+            _plot_acc(axes[0, col], run, "train_acc", LABELS[v], COLORS[v])
+            ic = run.get("ics")
+            if not ic:
+                continue
+            for k, layer in enumerate(layers):
+                l2 = floats([row[layer - 1] for row in ic["l2"]])
+                cos = floats([row[layer - 1] for row in ic["cos"]])
+                axes[1 + k, col].plot(ic["steps"], l2, color=COLORS[v], label=LABELS[v])
+                axes[1 + len(layers) + k, col].plot(ic["steps"], cos, color=COLORS[v], label=LABELS[v])
+        _acc_axes(axes[0, col], f"LR {lr:g}: training accuracy")
+        axes[0, col].legend(fontsize=7)
+        for k, layer in enumerate(layers):
+            axes[1 + k, col].set_title(f"LR {lr:g}, layer {layer}: ||G - G'||", fontsize=9)
+            if any(line.get_ydata().max() > 0 for line in axes[1 + k, col].get_lines()):
+                axes[1 + k, col].set_yscale("log")
+            axes[1 + len(layers) + k, col].set_title(f"LR {lr:g}, layer {layer}: cos(G, G')", fontsize=9)
+            axes[1 + len(layers) + k, col].set_ylim(-1.05, 1.05)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    _save(fig, path)
+
+
+def fig_landscape(doc, path, variants, lr):
+    fig, axes = report.new_figure(1, 3)
+    for v in variants:
+        run = find(doc, v, lr)
+        ls = run and run.get("landscape")
+        if not ls:
+            continue
+        report.range_band(axes[0, 0], ls["steps"], ls["loss_min"], ls["loss_max"], LABELS[v], COLORS[v])
+        report.range_band(axes[0, 1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], LABELS[v], COLORS[v])
+        axes[0, 2].plot(ls["steps"], floats(ls["beta_eff"]), color=COLORS[v], label=LABELS[v])
+    axes[0, 0].set_title(f"loss variation along the gradient (LR {lr:g})")
+    axes[0, 1].set_title("gradient predictiveness ||∇L(w-η'g) - g||")
+    axes[0, 2].set_title("effective β-smoothness")
+    axes[0, 2].set_yscale("log")
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def fig_gradpred_vs_eta(doc, path, lr):
+    import matplotlib.cm as cm
+
+    runs = [(v, find(doc, v, lr)) for v in ("standard", "batchnorm")]
+    runs = [(v, r) for v, r in runs if r and r.get("landscape")]
+    fig, axes = report.new_figure(1, max(1, len(runs)))
+    for ax, (v, run) in zip(axes[0], runs):
+        ls = run["landscape"]
+        steps = ls["steps"]
+        for s, diffs in zip(steps, ls["grad_diff"]):
+            ax.plot(ls["eta"], floats(diffs), "o-", ms=2, lw=0.8, color=cm.viridis(s / max(1, steps[-1])))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("η'")
+        ax.set_title(f"{LABELS[v]}: ||∇L(w-η'g) - g|| (colour: step 0 → {steps[-1]})", fontsize=9)
+    _save(fig, path)
+
+
+def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
+    layers = scaled_layers(n_conv(doc), paper_layers)
+    fig, axes = report.new_figure(2, len(layers))
+    for v in variants:
+        run = find(doc, v, lr)
+        if run is None:
+            continue
+        steps = run["moments"]["steps"]
+        for col, layer in enumerate(layers):
+            rec = moment_series(run, layer)
+            axes[0, col].plot(steps, floats(rec["mean_change"]), color=COLORS[v], label=LABELS[v])
+            axes[1, col].plot(steps, floats(rec["var_change"]), color=COLORS[v], label=LABELS[v])
+    for col, layer in enumerate(layers):
+        axes[0, col].set_title(f"layer {layer}: mean over units of |Δμ|", fontsize=9)
+        axes[1, col].set_title(f"layer {layer}: mean over units of |Δσ²|", fontsize=9)
+        for row in range(2):
+            axes[row, col].set_yscale("log")
+            axes[row, col].set_xlabel("step")
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+def run_name_of(doc, run):
+    for name, r in doc["runs"].items():
+        if r is run:
+            return name
+    raise KeyError("run not in doc")
+
+
+# --- the report ---------------------------------------------------------------------
+
+def verdict(ok):
+    return "**agrees**" if ok else "**disagrees**"
+
+
+def claims(doc, arrays):
+    """``[(claim, measured, verdict)]`` for protocol.md §4's claims the selected experiments test."""
+    cfg, out = doc["config"], []
+    lr, hi, lo = cfg["lr"], cfg["lr_high"], cfg["lr_low"]
+    std, bn = find(doc, "standard", lr), find(doc, "batchnorm", lr)
+
+    def loss_of(run):
+        return tail_mean(run["loss"]) if run else math.nan
+
+    if "E1" in doc["experiments"]:
+        for rate in (lr, hi):
+            s, b = find(doc, "standard", rate), find(doc, "batchnorm", rate)
+            if s and b:
+                measured = (f"LR {rate:g}: final train accuracy standard {fmt(final(s, 'train_acc'))} vs BN "
+                            f"{fmt(final(b, 'train_acc'))}; test {fmt(final(s, 'test_acc'))} vs {fmt(final(b, 'test_acc'))}"
+                            + (f"; standard diverged at step {s['diverged_at']}" if s["diverged_at"] is not None else ""))
+                ok = (final(b, "train_acc") or 0) > (final(s, "train_acc") or 0)
+                out.append((f"E1: BN trains faster and to higher accuracy (LR {rate:g})", measured, verdict(ok)))
+    if "E2" in doc["experiments"]:
+        noisy = find(doc, "noisy", lr)
+        if std and bn and noisy:
+            ln, lb, ls_ = loss_of(noisy), loss_of(bn), loss_of(std)
+            measured = (f"final training loss (mean of the last 10% of steps, train mode) noisy BN {fmt(ln)}, BN "
+                        f"{fmt(lb)}, standard {fmt(ls_)}; eval-mode train accuracy noisy {fmt(final(noisy, 'train_acc'))}, "
+                        f"BN {fmt(final(bn, 'train_acc'))}, standard {fmt(final(std, 'train_acc'))}; test accuracy noisy "
+                        f"{fmt(final(noisy, 'test_acc'))}")
+            ok = abs(ln - lb) < abs(ln - ls_) or ln <= lb
+            out.append(("E2: noisy BN, with unstable layer-input distributions, trains about as well as BN "
+                        "(BN's advantage is not distributional stability)", measured, verdict(ok)))
+            layers = scaled_layers(n_conv(doc), (2, 9, 13))
+            changes = {v: [median_at(moment_series(r, k)["mean_change"], window(r["moments"]["steps"], False))
+                           for k in layers] for v, r in (("standard", std), ("batchnorm", bn), ("noisy", noisy))}
+            measured = "; ".join(f"{LABELS[v]} " + ", ".join(f"layer {k}: {fmt(c)}" for k, c in zip(layers, cs))
+                                 for v, cs in changes.items())
+            ok = all(cn > cb for cn, cb in zip(changes["noisy"], changes["batchnorm"]))
+            out.append(("E2: the noise makes the activation moments of noisy BN far less stable than BN's "
+                        "(median step-to-step |Δμ|, averaged over units)", measured, verdict(ok)))
+    if "E3" in doc["experiments"]:
+        for rate in (lr, lo):
+            s, b = find(doc, "standard", rate), find(doc, "batchnorm", rate)
+            ss, bs = s and ics_summary(s), b and ics_summary(b)
+            if not (ss and bs):
+                continue
+            l2_s, l2_b = np.nanmean(ss["l2"][1:]), np.nanmean(bs["l2"][1:])
+            cos_s, cos_b = np.nanmean(ss["cos"][1:]), np.nanmean(bs["cos"][1:])
+            measured = (f"LR {rate:g}, layers 2..{len(ss['l2'])} (median over measurements, mean over layers): "
+                        f"||G-G'|| standard {fmt(l2_s)} vs BN {fmt(l2_b)}; cos standard {fmt(cos_s)} vs BN {fmt(cos_b)}")
+            reduced = l2_b < l2_s and cos_b > cos_s + 0.05
+            out.append((f"E3: BN does not reduce internal covariate shift as Definition 2.1 measures it (LR {rate:g})",
+                        measured, verdict(not reduced)))
+    if "E4" in doc["experiments"] and std and bn and std.get("landscape") and bn.get("landscape"):
+        for early in (True, False):
+            s, b = landscape_summary(std, early), landscape_summary(bn, early)
+            what = "early in training (first 20% of measurements after step 0)" if early else "over all of training"
+            measured = (f"{what}, medians standard vs BN: loss spread {fmt(s['loss_spread'])} vs {fmt(b['loss_spread'])}; "
+                        f"max gradient change {fmt(s['gradpred_max'])} vs {fmt(b['gradpred_max'])}; β_eff "
+                        f"{fmt(s['beta_eff'])} vs {fmt(b['beta_eff'])}")
+            ok = b["loss_spread"] < s["loss_spread"] and b["gradpred_max"] < s["gradpred_max"] and b["beta_eff"] < s["beta_eff"]
+            out.append((f"E4: BN makes the loss and its gradient more Lipschitz along the trajectory ({what})",
+                        measured, verdict(ok)))
+    if "E5" in doc["experiments"] and std and std.get("landscape"):
+        base = landscape_summary(std, True)
+        ref_bn = bn and landscape_summary(bn, True)
+        for v in ("l1", "l2", "linf"):
+            run = find(doc, v, lr)
+            if not (run and run.get("landscape")):
+                continue
+            s = landscape_summary(run, True)
+            measured = (f"early medians: β_eff {fmt(s['beta_eff'])} (standard {fmt(base['beta_eff'])}"
+                        + (f", BN {fmt(ref_bn['beta_eff'])}" if ref_bn else "") + f"); max gradient change "
+                        f"{fmt(s['gradpred_max'])} (standard {fmt(base['gradpred_max'])}); final train accuracy "
+                        f"{fmt(final(run, 'train_acc'))} (standard {fmt(final(std, 'train_acc'))})")
+            ok = s["beta_eff"] < base["beta_eff"] and s["gradpred_max"] < base["gradpred_max"]
+            out.append((f"E5: {LABELS[v]} smooths the landscape as BN does", measured, verdict(ok)))
+        layers = scaled_layers(n_conv(doc), (3, 11))
+        rows = []
+        for v in ("batchnorm", "l1", "l2", "linf", "standard"):
+            run = find(doc, v, lr)
+            if run:
+                stats = [shape_stats(samples(run, k, arrays, run_name_of(doc, run))[-1]) for k in layers]
+                rows.append(f"{LABELS[v]} " + ", ".join(f"layer {k}: skew {fmt(sk, 2)}, kurtosis {fmt(ku, 2)}"
+                                                        for k, (sk, ku) in zip(layers, stats)))
+        out.append(("E5: the Lp variants do this without Gaussian-like activations (skewness and excess kurtosis "
+                    "of one unit's pre-activations at the last step; 0 and 0 for a Gaussian)", "; ".join(rows),
+                    "descriptive: compare the numbers and fig12"))
+    return out
+
+
+def runs_table(doc):
+    rows = []
+    for name, run in doc["runs"].items():
+        rows.append([name, ", ".join(run.get("experiments", [])), fmt(tail_mean(run["loss"])),
+                     fmt(final(run, "train_acc")), fmt(final(run, "test_acc")),
+                     "-" if run["diverged_at"] is None else run["diverged_at"],
+                     f"{run['wall_s']:.0f}", f"{run['step_images_per_s']:.0f}"])
+    return report.table(["run", "experiments", "final train loss", "train acc", "test acc", "diverged at",
+                         "wall s", "step images/s"], rows)
+
+
+FIGURES = ["fig1_accuracy", "fig1_activations", "fig2_noisy_accuracy", "fig2_noisy_activations", "fig3_ics",
+           "fig4_landscape", "fig5_lp_training", "fig6_lp_landscape", "fig8_moments", "fig11_gradpred_vs_eta",
+           "fig12_lp_activations"]
+
+
+def report_markdown(doc, arrays, figures):
+    cfg = doc["config"]
+    env = cfg["environment"]
+    lines = [
+        f"# VGG / CIFAR-10 study, preset `{doc['preset']}`", "",
+        f"Command: `{cfg['command']}`  ",
+        f"Machine: {env['platform']}, {env['processor']}, {env['cpu_count']} cores, Python {env['python']}, "
+        f"NumPy {env['numpy']}, backend `{cfg['backend']}`  ",
+        f"Wall time of the whole study: {cfg['wall_s'] / 60:.1f} min", "",
+        f"Model: VGG `{cfg['config']}` at width {cfg['width']:g}, Glorot-uniform init; plain SGD (no momentum, no "
+        f"weight decay), batch {cfg['batch']}, {cfg['steps']} steps, softmax cross-entropy; LR {cfg['lr']:g} "
+        f"(E1 also {cfg['lr_high']:g}, E3 also {cfg['lr_low']:g}); seed {cfg['seed']}. Accuracy in eval mode "
+        f"(running statistics, no noise) on {cfg['eval_train_size']} training and {cfg['eval_test_size']} test images "
+        f"every {cfg['eval_every']} steps; instruments every {cfg['measure_every']} steps; landscape grid "
+        f"{cfg['eta_multipliers']}×LR.", "",
+        "## The paper's claims beside this run", "",
+        report.table(["claim (protocol.md §4)", "measured here", "verdict"], claims(doc, arrays)), "",
+        "## Runs", "", runs_table(doc), "",
+        "\"final train loss\" is the mean training-batch loss over the last 10% of steps (train mode: noisy BN's "
+        "with its noise); accuracies are the last evaluation; \"step images/s\" times the bare training step "
+        "(forward, backward, update) of the variant on this machine.", "",
+        "## Figures", "",
+    ]
+    lines += [f"![{f}]({f}.png)" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(out, doc):
+    """results.json (+ results.npz), the figures and report.md in ``out``."""
+    slim, arrays = split_arrays(doc)
+    io.write_json(os.path.join(out, "results.json"), slim)
+    io.write_npz(os.path.join(out, "results.npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
+    cfg = doc["config"]
+    lr = cfg["lr"]
+    made = []
+
+    def make(name, fn, *args):
+        fn(slim, *args) if fn not in NEEDS_ARRAYS else fn(slim, arrays, *args)
+        made.append(name)
+
+    path = lambda name: os.path.join(out, f"{name}.png")  # noqa: E731
+    exps = doc["experiments"]
+    if "E1" in exps:
+        make("fig1_accuracy", fig_accuracy, path("fig1_accuracy"), ["standard", "batchnorm"], [lr, cfg["lr_high"]], "E1")
+        make("fig1_activations", fig_histograms, path("fig1_activations"), ["standard", "batchnorm"], (3, 11), lr)
+    if "E2" in exps:
+        variants = ["standard", "standard_noisy", "batchnorm", "noisy"]
+        make("fig2_noisy_accuracy", fig_accuracy, path("fig2_noisy_accuracy"), variants, [lr], "E2")
+        make("fig2_noisy_activations", fig_ridges, path("fig2_noisy_activations"), variants, (2, 9, 13), lr)
+        make("fig8_moments", fig_moments, path("fig8_moments"), variants, lr)
+    if "E3" in exps:
+        make("fig3_ics", fig_ics, path("fig3_ics"), [lr, cfg["lr_low"]])
+    if "E4" in exps:
+        make("fig4_landscape", fig_landscape, path("fig4_landscape"), ["standard", "batchnorm"], lr)
+        make("fig11_gradpred_vs_eta", fig_gradpred_vs_eta, path("fig11_gradpred_vs_eta"), lr)
+    if "E5" in exps:
+        lp = ["standard", "batchnorm", "l1", "l2", "linf"]
+        make("fig5_lp_training", fig_accuracy, path("fig5_lp_training"), lp, [lr], "E5")
+        make("fig6_lp_landscape", fig_landscape, path("fig6_lp_landscape"), lp, lr)
+        make("fig12_lp_activations", fig_histograms, path("fig12_lp_activations"), lp, (3, 11), lr)
+    io.write_text(os.path.join(out, "report.md"), report_markdown(slim, arrays, made))
+    return made
+
+
+NEEDS_ARRAYS = (fig_histograms, fig_ridges)

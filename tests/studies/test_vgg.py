@@ -1,0 +1,143 @@
+"""The VGG study end to end on a tiny synthetic CIFAR folder: schema, figures, report, a
+diverging configuration recorded while the study carries on, resume, option validation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minibn import backend, io, models
+from minibn.measure import moments
+from minibn.studies import vgg
+from tests.data.test_cifar10 import make_folder
+
+RUN_KEYS = {"variant", "lr", "steps", "loss", "diverged_at", "ics", "landscape", "train_acc", "test_acc",
+            "eval_steps", "moments", "wall_s", "step_images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("cifar"), rows=20)
+
+
+@pytest.fixture(scope="module")
+def smoke(data_dir, tmp_path_factory):
+    """The whole smoke preset, with E1's large LR so large that the standard VGG diverges."""
+    out = str(tmp_path_factory.mktemp("vgg-smoke"))
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--out", out, "--jobs", "1", "--lr-high", "1e6"]
+    assert vgg.main(argv) == 0
+    return out, argv
+
+
+def test_smoke_results_schema_figures_and_report(smoke):
+    out, _ = smoke
+    doc = io.read_json(os.path.join(out, "results.json"))
+    assert doc["study"] == "vgg" and doc["preset"] == "smoke"
+    assert doc["experiments"] == ["E1", "E2", "E3", "E4", "E5"]
+    assert "command" in doc["config"] and "environment" in doc["config"]
+    # 11 distinct configurations serve the five experiments
+    assert sorted(doc["runs"]) == sorted(["standard_lr0.1", "batchnorm_lr0.1", "standard_lr1e+06", "batchnorm_lr1e+06",
+                                          "noisy_lr0.1", "standard_noisy_lr0.1", "standard_lr0.01", "batchnorm_lr0.01",
+                                          "l1_lr0.1", "l2_lr0.1", "linf_lr0.1"])
+    for name, run in doc["runs"].items():
+        assert RUN_KEYS <= set(run), name
+        assert len(run["train_acc"]) == len(run["test_acc"]) == len(run["eval_steps"])
+        assert "samples" not in next(iter(run["moments"]["layers"].values()))  # moved to results.npz
+    bn = doc["runs"]["batchnorm_lr0.1"]
+    assert bn["diverged_at"] is None and bn["steps"] == list(range(6)) and bn["eval_steps"] == [0, 3, 6]
+    assert len(bn["ics"]["l2"][0]) == len(bn["ics"]["layers"]) == 3  # two conv layers and the classifier
+    assert bn["landscape"]["eta"] == pytest.approx([0.05, 0.1, 0.2, 0.4])
+    assert doc["runs"]["standard_lr0.01"]["landscape"] is None and doc["runs"]["l2_lr0.1"]["ics"] is None
+    with np.load(os.path.join(out, "results.npz")) as arrays:
+        assert arrays["noisy_lr0.1__moments__2"].shape == (3, 32)  # 3 measurements of 32 samples
+    for fig in ("fig1_accuracy", "fig2_noisy_activations", "fig3_ics", "fig4_landscape", "fig5_lp_training",
+                "fig6_lp_landscape", "fig8_moments", "fig11_gradpred_vs_eta", "fig12_lp_activations"):
+        assert os.path.getsize(os.path.join(out, f"{fig}.png")) > 1000, fig
+    text = open(os.path.join(out, "report.md")).read()
+    assert "BN does not reduce internal covariate shift" in text and "noisy BN" in text
+    assert text.count("**agrees**") + text.count("**disagrees**") >= 8
+
+
+def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
+    out, _ = smoke
+    runs = io.read_json(os.path.join(out, "results.json"))["runs"]
+    diverged = runs["standard_lr1e+06"]
+    assert diverged["diverged_at"] is not None and diverged["loss"][-1] is None
+    assert all(r["diverged_at"] is None for n, r in runs.items() if "1e+06" not in n)
+    assert "diverged at step" in open(os.path.join(out, "report.md")).read()
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
+    out, argv = smoke
+    marker = os.path.join(out, "runs", "standard_lr0.1", "result.json")
+    run = io.read_json(marker)
+    run["wall_s"] = 12345.0  # a finished run must be reused, not retrained
+    io.write_json(marker, run)
+    assert vgg.main(argv + ["--resume", "--experiments", "E4"]) == 0
+    doc = io.read_json(os.path.join(out, "results.json"))
+    assert sorted(doc["runs"]) == ["batchnorm_lr0.1", "standard_lr0.1"]
+    assert doc["runs"]["standard_lr0.1"]["wall_s"] == 12345.0
+    with pytest.raises(SystemExit, match="differ from the study.*steps"):
+        vgg.main(argv + ["--resume", "--steps", "7"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--experiments", "E1,E9"], "unknown \\['E9'\\]"),
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--lr-low", "nan"], "--lr-low must be positive"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--preset", "huge"], "invalid choice: 'huge'"),
+])
+def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        vgg.main(["--preset", "smoke", "--data-dir", data_dir, "--out", str(out)] + extra)
+    assert err.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (out / "runs").exists()
+
+
+def test_missing_data_fails_with_where_to_put_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        vgg.main(["--preset", "smoke", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "nothing" in err and "put the python-version CIFAR-10 files" in err
+
+
+def test_cupy_without_a_gpu_is_refused_up_front(data_dir, tmp_path, capsys):
+    if backend.is_available("cupy"):
+        pytest.skip("this machine has CuPy and a GPU: nothing to refuse")
+    with pytest.raises(SystemExit):
+        vgg.main(["--preset", "smoke", "--backend", "cupy", "--data-dir", data_dir, "--out", str(tmp_path)])
+    assert "--backend cupy" in capsys.readouterr().err
+
+
+def test_plan_shares_runs_between_experiments():
+    cfg = vgg.PRESETS["cpu"]
+    runs = vgg.plan(cfg, ["E1", "E3", "E4"])
+    assert sorted(runs) == ["batchnorm_lr0.01", "batchnorm_lr0.1", "batchnorm_lr0.5",
+                            "standard_lr0.01", "standard_lr0.1", "standard_lr0.5"]
+    assert runs["standard_lr0.1"]["experiments"] == ["E1", "E3", "E4"]
+    assert runs["standard_lr0.1"]["ics"] and runs["standard_lr0.1"]["landscape"]
+    assert runs["batchnorm_lr0.01"]["ics"] and not runs["batchnorm_lr0.01"]["landscape"]
+    assert not runs["standard_lr0.5"]["ics"]
+
+
+def test_train_mode_moments_see_the_noise_and_leave_the_model_untouched():
+    model = models.vgg([4, "M", 4, "M"], norm="noisy", rng=1, input_size=8)
+    x = backend.rng(2).standard_normal((8, 8, 8, 3)).astype("float32")
+    layers = vgg.preactivation_layers(model)
+    before_state, before_params = json.dumps(io.jsonable(model.state())), model.flat_params().copy()
+    trained = vgg.TrainModeMoments(layers, every=1, n_samples=16, seed=0)
+    trained(0, model, x, None, None)
+    assert json.dumps(io.jsonable(model.state())) == before_state  # noise generators, running statistics
+    assert np.array_equal(model.flat_params(), before_params)
+    probed = moments.MomentsRecorder(layers, every=1, n_samples=16, seed=0)
+    probed(0, model, x, None, None)
+    noisy_mean = trained.result()["layers"][str(layers[0])]["unit_mean"][0]
+    clean_mean = probed.result()["layers"][str(layers[0])]["unit_mean"][0]
+    assert abs(clean_mean) < 1e-5 and abs(noisy_mean) > 1e-3  # BN's output is centred; the noise shifts it
+    assert moments.layer_inputs is not vgg._train_mode_inputs  # the probe-mode helper is put back
