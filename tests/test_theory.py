@@ -263,3 +263,43 @@ def test_statements_on_each_backend(xp):
     ref = layer_instance(21, 9, 3, 4, 1.0, 1.0, 1.0)
     ref41 = theory.theorem_4_1(ref[0] @ ref[1], ref[2], ref[3], ref[4](theory.bn_forward(ref[0] @ ref[1], ref[2], ref[3])[0])[1])
     assert theory.relative_error(backend.to_host(r41["lhs"]), ref41["lhs"]) < 1e-12
+
+
+def test_study_writes_every_check(tmp_path):
+    """A tiny run of the study (MLP only): the exact results.json schema, the refuted statements
+    refuted, the true ones holding, and a report."""
+    from minibn import io
+    from minibn.studies import theory as study
+
+    study.run(str(tmp_path), instances=4, steps=2, every=1, units_per_layer=1, log=lambda s: None, nets=("mlp",))
+    results = io.read_json(tmp_path / "results.json")
+    assert list(results) == ["checks"]
+    names = [c["name"] for c in results["checks"]]
+    assert names == ["bn_jacobian", "thm41", "thm41_printed", "thm42_identity", "obs43", "thm44",
+                     "lemma45_identity", "lemma45_premise", "scale_invariance"]
+    for c in results["checks"]:
+        assert {"name", "statement", "holds", "instances", "max_rel_err"} <= set(c)
+        assert c["instances"] > 0
+        assert c["holds"] == (c["name"] not in ("thm41_printed", "lemma45_premise")), c
+    premise = next(c for c in results["checks"] if c["name"] == "lemma45_premise")
+    assert premise["counterexample"]["w_star"] == pytest.approx([4 / 3, 7 / 3], rel=1e-12)
+    assert "## The statements that fail" in (tmp_path / "report.md").read_text()
+
+
+def test_study_checks_leave_the_network_untouched():
+    """The callback sets eps = 0 and scales weights during a check; afterwards parameters,
+    running statistics and eps are bit-identical."""
+    from minibn.studies import theory as study
+
+    model, loss_fn, stream, _, _ = study.networks(0)["mlp"]
+    x, target = stream.next()
+    before = (model.flat_params().copy(), model.state(), [getattr(layer, "eps", None) for layer in model])
+    cb = study.TheoryChecks(study.Tally(), "mlp", loss_fn, every=1, units_per_layer=1, seed=0)
+    cb(0, model, x, target, None)
+    after = (model.flat_params(), model.state(), [getattr(layer, "eps", None) for layer in model])
+    assert (before[0] == after[0]).all()
+    assert before[2] == after[2]
+    for i, s in before[1].items():
+        for k, v in s.items():
+            assert (backend.host.asarray(v) == backend.host.asarray(after[1][i][k])).all()
+    assert cb.tally.checks["thm41"]["instances"] == 64 and cb.tally.checks["thm41"]["violations"] == 0
