@@ -55,7 +55,7 @@ PRESETS = {
               "eval_train_size": 10_000, "eval_test_size": 10_000, "eval_every": 500, "measure_every": 100,
               "checkpoint_every": 500, "moment_samples": 512, "lr": 0.1, "lr_high": 0.5, "lr_low": 0.01},
     # what 2 CPU cores finish in about an hour (reasons in docs/vgg.md): VGG-11 at 1/8 width.
-    "cpu": {"config": "vgg11", "width": 0.125, "steps": 2500, "batch": 128, "train_size": None,
+    "cpu": {"config": "vgg11", "width": 0.125, "steps": 2000, "batch": 128, "train_size": None,
             "eval_train_size": 2000, "eval_test_size": 2000, "eval_every": 250, "measure_every": 100,
             "checkpoint_every": 250, "moment_samples": 256, "lr": 0.1, "lr_high": 0.5, "lr_low": 0.01},
     # the whole pipeline in seconds, for tests: two tiny conv layers on a small subset.
@@ -240,7 +240,7 @@ def parse_args(argv=None):
                     "E3 internal covariate shift, E4 landscape along the gradient, E5 Lp normalizations.")
     p.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="paper: VGG-16, 15,000 steps (GPU); cpu: VGG-11 at 1/8 width, 2,500 steps (~1 h on 2 cores); "
+                   help="paper: VGG-16, 15,000 steps (GPU); cpu: VGG-11 at 1/8 width, 2,000 steps (~1 h on 2 cores); "
                         "smoke: seconds, for tests [cpu]")
     p.add_argument("--experiments", default="E1,E2,E3,E4,E5", help="comma-separated subset of E1..E5 [all]")
     p.add_argument("--out", default=None, help="output folder [runs/vgg-<preset>]")
@@ -252,6 +252,9 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
+    p.add_argument("--only", default=None, metavar="RUN,...",
+                   help="train only these runs of the plan (e.g. batchnorm_lr0.1), to split a study over several "
+                        "processes or machines sharing --out; a last --resume without --only writes the whole report")
     p.add_argument("--lr", type=float, default=None, help="the base learning rate of every experiment [0.1]")
     p.add_argument("--lr-high", type=float, default=None, help="E1's large learning rate [0.5]")
     p.add_argument("--lr-low", type=float, default=None, help="E3's small learning rate [0.01]")
@@ -286,6 +289,12 @@ def validate(args):
         args.data_dir = cifar10.locate(args.data_dir)
     except cifar10.CIFARDataError as err:
         raise ValueError(str(err)) from None
+    if args.only is not None:
+        planned = plan(build_config(args), args.experiments)
+        args.only = [r.strip() for r in args.only.split(",") if r.strip()]
+        unknown = [r for r in args.only if r not in planned]
+        if not args.only or unknown:
+            raise ValueError(f"--only: {unknown or 'no run'} not in the plan of these experiments: {', '.join(planned)}")
     args.out = args.out or os.path.join("runs", f"vgg-{args.preset}")
     try:
         os.makedirs(args.out, exist_ok=True)
@@ -300,7 +309,7 @@ def build_config(args):
     for key in ("steps", "lr", "lr_high", "lr_low"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    cfg.update(preset=args.preset, seed=args.seed, backend=args.backend, data_dir=os.path.abspath(args.data_dir),
+    cfg.update(preset=args.preset, seed=args.seed, backend=args.backend, data_dir=os.path.abspath(str(args.data_dir)),
                eta_multipliers=ETA_MULTIPLIERS)
     return cfg
 
@@ -328,6 +337,8 @@ def main(argv=None):
                      f"use the same options or another --out")
     io.write_json(config_path, cfg)
     runs = plan(cfg, args.experiments)
+    if args.only:
+        runs = {name: spec for name, spec in runs.items() if name in args.only}
     jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume}
             for name, spec in runs.items()]
     print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}): {len(jobs)} runs of {cfg['steps']} steps "
