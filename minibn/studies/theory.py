@@ -57,7 +57,8 @@ TOLERANCE = {"bn_jacobian": 1e-11, "thm41": 1e-11, "thm41_printed": 1e-11, "thm4
              "scale_invariance": 1e-11}
 NUMERIC_JACOBIAN_TOLERANCE = 1e-6
 MEASURED = {
-    "bn_jacobian": ("per BN layer (all channels)", "max over channels and rows of |code - (gamma/sigma) P| / max|(gamma/sigma) P|"),
+    "bn_jacobian": ("per BN layer (all channels)", "max over channels and rows of |code - (gamma/sigma) P| / max|(gamma/sigma) P|, "
+                    "and the same for the code's P 1 = P y_hat = 0 and P^2 = P"),
     "thm41": ("per unit", "|lhs - rhs| / ((gamma^2/sigma^2) ||g_hat||^2)"),
     "thm41_printed": ("per unit", "violation max(0, lhs - printed rhs) / ((gamma^2/sigma^2) ||g_hat||^2)"),
     "thm42_identity": ("per unit", "|lhs - rhs| / (|curvature term| + |mean term|)"),
@@ -279,6 +280,8 @@ class TheoryChecks:
         acts, grads_out, value, grads = self._forward_backward(model, x, target)
         self.steps.append(step)
         self.losses.append(value)
+        if not math.isfinite(value):     # a diverged network: nothing to check, recorded in the report
+            return
         for i in bns:
             bn, weight = model.layers[i], model.layers[i - 1]
             gamma, beta = bn.params["gamma"], bn.params["beta"]
