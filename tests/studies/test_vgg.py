@@ -90,6 +90,7 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
+    (["--only", "batchnorm_lr0.1,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
 ])
 def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

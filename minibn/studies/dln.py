@@ -1,0 +1,258 @@
+"""The deep linear network study: the paper's DLN experiments (E3, E4, E5 of protocol.md §4).
+
+    python -m minibn.studies.dln [--backend numpy|cupy] [--preset smoke|paper] [--out DIR]
+                                 [--seed N] [--seeds K] [--resume] [--variants ...] [--lr ...]
+                                 [--steps N] [--jobs N]
+
+Each run trains a 25-layer 10x10 linear network (optionally normalized after each of
+the first 24 layers) by full-batch gradient descent on summed squared error, with
+internal covariate shift, the landscape probes along the gradient and activation
+moments measured every 100 steps. Runs are independent, resumable, and run in
+``--jobs`` worker processes. The study writes DIR/results.json (+ results.npz),
+the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`).
+"""
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+from minibn import backend, io, models, nn, train
+from minibn.data.synthetic import linear_regression
+from minibn.measure import hessian, ics, landscape, moments
+from minibn.optim import SGD
+
+VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
+
+PRESETS = {
+    "paper": {
+        "depth": 25, "width": 10, "samples": 1000, "norm_layers": 24, "steps": 10_000,
+        "measure_every": 100, "log_every": 10, "checkpoint_every": 1000,
+        "eta_multipliers": [0.01, 0.1, 1.0, 10.0, 30.0], "moment_layers": [1, 9, 11, 17, 24],
+        "moment_samples": 1000, "runs": [[v, 1e-6] for v in VARIANTS] + [["standard", 1e-7], ["batchnorm", 1e-7]],
+        "hessian_iterations": 30,
+    },
+    "smoke": {
+        "depth": 6, "width": 4, "samples": 64, "norm_layers": 5, "steps": 40,
+        "measure_every": 10, "log_every": 1, "checkpoint_every": 10,
+        "eta_multipliers": [0.01, 0.1, 1.0, 10.0, 30.0], "moment_layers": [1, 3, 5],
+        "moment_samples": 64, "runs": [[v, 1e-4] for v in VARIANTS] + [["standard", 1e-5], ["batchnorm", 1e-5]],
+        "hessian_iterations": 10,
+    },
+}
+
+
+def loss_fn(pred, target):
+    return nn.squared_error(pred, target, reduction="sum")
+
+
+def run_name(variant, lr, seed):
+    return f"{variant}_lr{lr:g}_seed{seed}"
+
+
+def moment_layer_indices(model, blocks):
+    """Layer index whose *input* is the pre-activation the next block sees after block k (1-based)."""
+    groups = model.blocks()
+    out = []
+    for k in blocks:
+        if not 1 <= k < len(groups):
+            raise ValueError(f"dln: moment layer {k} is not a block in 1..{len(groups) - 1} of this network")
+        out.append(groups[k][0])  # the first layer of block k+1 sees block k's output
+    return out
+
+
+def run_one(spec):
+    """Train one configuration with the instruments attached; returns its result dict."""
+    if spec.get("blas_threads_hint"):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    cfg, name = spec["config"], spec["name"]
+    folder = os.path.join(spec["out"], "runs", name)
+    done = os.path.join(folder, "result.json")
+    if spec["resume"] and os.path.exists(done):
+        return io.read_json(done)
+    xp = backend.get(cfg["backend"])
+    rng = backend.rng(spec["seed"])
+    X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
+    model = models.dln(cfg["depth"], cfg["width"], norm=None if spec["variant"] == "standard" else spec["variant"],
+                       norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
+    model.to(cfg["backend"])
+    X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
+    lr = spec["lr"]
+    etas = [m * lr for m in cfg["eta_multipliers"]]
+    every = cfg["measure_every"]
+    moment_layers = moment_layer_indices(model, cfg["moment_layers"])
+    callbacks = [
+        ics.ICSRecorder(loss_fn, every=every),
+        landscape.LandscapeRecorder(loss_fn, etas=etas, every=every),
+        moments.MomentsRecorder(moment_layers, every=every, n_samples=cfg["moment_samples"], seed=spec["seed"]),
+    ]
+    start = time.perf_counter()
+    out = train.train(model, loss_fn, train.FullBatch(X, Y), SGD(model, lr), cfg["steps"], callbacks=callbacks,
+                      log_every=cfg["log_every"], checkpoint=os.path.join(folder, "checkpoint.npz"),
+                      checkpoint_every=cfg["checkpoint_every"], resume=spec["resume"], progress=name)
+    top = None
+    if out["diverged_at"] is None:
+        top = hessian.top_eigenvalue(model, loss_fn, X, Y, method="power", iterations=cfg["hessian_iterations"],
+                                     seed=spec["seed"])["eigenvalue"]
+    result = {
+        "variant": spec["variant"], "lr": lr, "seed": spec["seed"],
+        "steps": out["steps"], "loss": out["loss"], "diverged_at": out["diverged_at"],
+        "ics": out["callbacks"]["ics"], "landscape": out["callbacks"]["landscape"],
+        "moments": {"steps": out["callbacks"]["moments"]["steps"],  # keyed by block number, as the paper's figures
+                    "blocks": {str(b): out["callbacks"]["moments"]["layers"][str(i)]
+                               for b, i in zip(cfg["moment_layers"], moment_layers)}},
+        "hessian_top": top, "wall_s": time.perf_counter() - start,
+    }
+    io.write_json(done, result)
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m minibn.studies.dln",
+        description="The paper's deep linear network experiments (ICS, landscape, Lp variants) on the embedded "
+                    "synthetic data: 25 linear 10x10 layers, 1000 samples, summed squared error, full-batch GD.")
+    p.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
+    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                   help="paper: protocol.md's full scale (8 runs x 10,000 steps); smoke: the same pipeline, tiny [paper]")
+    p.add_argument("--out", default=None, help="output folder [runs/dln-<preset>]")
+    p.add_argument("--seed", type=int, default=0, help="first seed: data, target A, initial weights and noise [0]")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
+    p.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are kept, "
+                   "interrupted ones resume from their last checkpoint")
+    p.add_argument("--variants", nargs="+", default=None, metavar="V",
+                   help=f"only these variants, of {', '.join(VARIANTS)} [the preset's]")
+    p.add_argument("--lr", nargs="+", type=float, default=None, metavar="LR",
+                   help="run every chosen variant at each of these learning rates [the preset's pairs]")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
+    args = p.parse_args(argv)
+    try:
+        validate(args)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def validate(args):
+    """Every option checked before any work starts."""
+    if args.variants:
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if args.lr is not None:
+        bad = [lr for lr in args.lr if not (math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"--lr must be positive and finite, got {bad}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        backend.get(args.backend)
+    except (backend.BackendUnavailable, ValueError) as err:
+        raise ValueError(f"--backend {args.backend}: {err}") from None
+    args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        io.write_text(os.path.join(args.out, ".writable"), "")
+        os.unlink(os.path.join(args.out, ".writable"))
+    except OSError as err:
+        raise ValueError(f"--out {args.out} is not a writable folder: {err}") from None
+
+
+def build_config(args):
+    cfg = {k: v for k, v in PRESETS[args.preset].items()}
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    runs = cfg["runs"]
+    if args.lr is not None:
+        variants = args.variants or list(dict.fromkeys(v for v, _ in runs))
+        runs = [[v, lr] for v in variants for lr in args.lr]
+    elif args.variants:
+        runs = [r for r in runs if r[0] in args.variants]
+        runs += [[v, runs[0][1] if runs else cfg["runs"][0][1]] for v in args.variants if v not in {r[0] for r in runs}]
+    cfg["runs"] = runs
+    cfg["seeds"] = list(range(args.seed, args.seed + args.seeds))
+    cfg["backend"] = args.backend
+    return cfg
+
+
+def environment():
+    import numpy
+    import scipy
+
+    import minibn
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "minibn": minibn.__version__, "platform": platform.platform(), "processor": platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    config_path = os.path.join(args.out, "config.json")
+    if args.resume and os.path.exists(config_path):
+        old = io.read_json(config_path)
+        if old != io.jsonable(cfg):
+            changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != io.jsonable(cfg).get(k))
+            sys.exit(f"error: --resume with settings that differ from the study in {args.out} ({', '.join(changed)}); "
+                     f"use the same options or another --out")
+    io.write_json(config_path, cfg)
+    specs = [{"name": run_name(v, lr, s), "variant": v, "lr": lr, "seed": s, "config": cfg, "out": args.out,
+              "resume": args.resume, "blas_threads_hint": args.jobs > 1}
+             for s in cfg["seeds"] for v, lr in cfg["runs"]]
+    print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
+          f"{args.jobs} at a time -> {args.out}", flush=True)
+    started = time.perf_counter()
+    try:
+        results = run_all(specs, args.jobs)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
+              f"command plus --resume", file=sys.stderr)
+        return 130
+    total = time.perf_counter() - started
+    from minibn.studies import dln_report
+
+    doc = {"study": "dln", "preset": args.preset,
+           "config": {**cfg, "environment": environment(), "command": "python -m minibn.studies.dln " + " ".join(argv or sys.argv[1:]),
+                      "wall_s": total},
+           "runs": results}
+    dln_report.write_all(args.out, doc)
+    print(f"done in {total:.1f} s: {os.path.join(args.out, 'report.md')}")
+    return 0
+
+
+def run_all(specs, jobs):
+    """Runs in ``jobs`` worker processes (spawned with one BLAS thread each); longest-first."""
+    from tqdm.auto import tqdm
+
+    order = sorted(specs, key=lambda s: s["variant"] == "standard")  # normalized runs cost more: start them first
+    results = {}
+    bar = tqdm(total=len(order), desc="runs", disable=None)
+    if jobs == 1:
+        for spec in order:
+            results[spec["name"]] = run_one(spec)
+            bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_one, spec): spec["name"] for spec in order}
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    return {spec["name"]: results[spec["name"]] for spec in specs}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Figures, results files and report.md of the DLN study, from its run results.
+
+    python -m minibn.studies.dln_report DIR      # rebuild DIR's figures and report from DIR/results.json
+
+The report puts each claim of protocol.md §4 that the DLN tests beside what the runs
+measured. The comparison rules are fixed here, before any result is seen:
+
+* ICS (E3): per seed, the median over measurement points after step 0 of each block's
+  ||G - G'|| and cos(G, G'), averaged over blocks. "BN reduces ICS" on a seed when its
+  mean cosine is higher than the standard network's (and, separately, its l2 lower).
+* Landscape (E4, E5): per seed, the median over the *early* window (the first 20% of
+  measurement points after step 0) and over all points after step 0 of: the loss
+  variation log10(max/min of L(w - eta' g) over the grid), the gradient
+  predictiveness max ||grad L(w - eta' g) - g||, and beta_eff. "Smoother" = smaller.
+* Noisy BN (E2 on the DLN): "trains as well as BN" when its final loss is within a
+  factor 2 of BN's.
+"""
+
+import math
+import os
+import sys
+import warnings
+
+from minibn import backend, io, report
+
+np = backend.host
+ICS_LAYERS = (9, 17)
+
+
+def _finite_median(values):
+    a = report.floats(values)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else math.nan
+
+
+def _points_after_zero(steps):
+    return [i for i, s in enumerate(steps) if s > 0]
+
+
+def early_window(steps):
+    """Indices of the first 20% of measurement points after step 0 (at least one)."""
+    after = _points_after_zero(steps)
+    return after[:max(1, int(math.ceil(0.2 * len(after))))] if after else []
+
+
+def _final_loss(run):
+    losses = report.floats(run["loss"])
+    return float(losses[-1]) if losses.size else math.nan
+
+
+def runs_by(doc):
+    """{(variant, lr): [runs over seeds]} in the order of the config's run list."""
+    out = {}
+    for run in doc["runs"].values():
+        out.setdefault((run["variant"], float(run["lr"])), []).append(run)
+    return out
+
+
+def lrs_of(doc):
+    return sorted({float(r["lr"]) for r in doc["runs"].values()}, reverse=True)
+
+
+# --- per-run summaries --------------------------------------------------------------
+def ics_summary(run, layers=None):
+    """Per block (1-based): median over points after step 0 of l2 and cos; plus the fraction of cos < 0."""
+    ics = run.get("ics") or {}
+    steps = ics.get("steps", [])
+    idx = _points_after_zero(steps)
+    out = {}
+    for j, layer in enumerate(ics.get("layers", [])):
+        if layers is not None and layer not in layers:
+            continue
+        l2 = [ics["l2"][i][j] for i in idx]
+        cos = [ics["cos"][i][j] for i in idx]
+        c = report.floats(cos)
+        out[layer] = {"l2": _finite_median(l2), "cos": _finite_median(cos),
+                      "neg_cos_frac": float(np.mean(c[np.isfinite(c)] < 0)) if np.isfinite(c).any() else math.nan}
+    return out
+
+
+def landscape_summary(run, window="early"):
+    ls = run.get("landscape") or {}
+    steps = ls.get("steps", [])
+    idx = early_window(steps) if window == "early" else _points_after_zero(steps)
+    lo, hi = report.floats(ls.get("loss_min", [])), report.floats(ls.get("loss_max", []))
+    with np.errstate(all="ignore"):
+        variation = np.log10(hi / lo)
+    pick = lambda a: [a[i] for i in idx]  # noqa: E731
+    return {"loss_variation": _finite_median(pick(variation)),
+            "gradpred": _finite_median(pick(report.floats(ls.get("gradpred_max", [])))),
+            "beta_eff": _finite_median(pick(report.floats(ls.get("beta_eff", [])))),
+            "nonfinite": int(sum(ls.get("nonfinite", []) or [0]))}
+
+
+# --- claims ----------------------------------------------------------------------------
+def _seed_pairs(groups, a, b, lr):
+    ra = {r["seed"]: r for r in groups.get((a, lr), [])}
+    rb = {r["seed"]: r for r in groups.get((b, lr), [])}
+    return [(ra[s], rb[s]) for s in sorted(set(ra) & set(rb))]
+
+
+def _mean_over_blocks(summary, key):
+    vals = [v[key] for v in summary.values() if math.isfinite(v[key])]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def claims(doc):
+    """Lines of markdown: each claim, the rule, and what the runs measured."""
+    groups = runs_by(doc)
+    lines = []
+    for lr in lrs_of(doc):
+        pairs = _seed_pairs(groups, "standard", "batchnorm", lr)
+        if not pairs:
+            continue
+        cos_higher = l2_lower = 0
+        rows = []
+        for std, bn in pairs:
+            s, b = ics_summary(std), ics_summary(bn)
+            sc, bc = _mean_over_blocks(s, "cos"), _mean_over_blocks(b, "cos")
+            sl, bl = _mean_over_blocks(s, "l2"), _mean_over_blocks(b, "l2")
+            cos_higher += bc > sc
+            l2_lower += bl < sl
+            rows.append([std["seed"], report.fmt(sc), report.fmt(bc), report.fmt(sl), report.fmt(bl)])
+        k = len(pairs)
+        lines += [f"### ICS at LR {lr:g} (E3): \"BN does not reduce internal covariate shift\"", "",
+                  f"BN's mean cosine (over blocks, median over time) was *higher* (less shift) than the standard "
+                  f"network's on {cos_higher} of {k} seeds; BN's mean ||G - G'|| was *lower* on {l2_lower} of {k} seeds. "
+                  f"The claim holds on a seed when BN's cosine is not higher: {k - cos_higher} of {k}.", "",
+                  report.table(["seed", "cos standard", "cos BN", "l2 standard", "l2 BN"], rows), ""]
+    for lr in lrs_of(doc):
+        for variant in ("batchnorm", "l1", "l2", "linf"):
+            pairs = _seed_pairs(groups, "standard", variant, lr)
+            if not pairs:
+                continue
+            lines += [f"### Landscape at LR {lr:g} (E4/E5): does `{variant}` make the loss and gradient more "
+                      f"Lipschitz than `standard`?", ""]
+            rows = []
+            for window in ("early", "all"):
+                counts = {"loss_variation": 0, "gradpred": 0, "beta_eff": 0}
+                for std, other in pairs:
+                    s, o = landscape_summary(std, window), landscape_summary(other, window)
+                    for key in counts:
+                        counts[key] += o[key] < s[key]
+                    rows.append([window, std["seed"]] + [f"{report.fmt(s[k])} / {report.fmt(o[k])}" for k in counts])
+                k = len(pairs)
+                lines.append(f"- {window} window: `{variant}` smaller loss variation on {counts['loss_variation']} of "
+                             f"{k} seeds, smaller gradient predictiveness on {counts['gradpred']} of {k}, smaller "
+                             f"beta_eff on {counts['beta_eff']} of {k}.")
+            lines += ["", report.table(["window", "seed", "loss variation (log10 max/min), standard / "
+                                        f"{variant}", "max grad diff, standard / " + variant,
+                                        "beta_eff, standard / " + variant], rows), ""]
+    for lr in lrs_of(doc):
+        pairs = _seed_pairs(groups, "batchnorm", "noisy", lr)
+        if not pairs:
+            continue
+        ok = sum(_final_loss(n) <= 2 * _final_loss(b) for b, n in pairs)
+        rows = [[b["seed"], report.fmt(_final_loss(b)), report.fmt(_final_loss(n))] for b, n in pairs]
+        lines += [f"### Noisy BN at LR {lr:g}: \"noisy BN trains as well as BN\"", "",
+                  f"Noisy BN's final loss was within a factor 2 of BN's on {ok} of {len(pairs)} seeds.", "",
+                  report.table(["seed", "final loss BN", "final loss noisy BN"], rows), ""]
+    return lines
+
+
+# --- figures ---------------------------------------------------------------------------
+COLORS = {"standard": "C0", "batchnorm": "C1", "noisy": "C2", "l1": "C3", "l2": "C4", "linf": "C5"}
+
+
+def fig_training_loss(doc, path):
+    groups, lrs = runs_by(doc), lrs_of(doc)
+    fig, axes = report.new_figure(1, len(lrs))
+    for ax, lr in zip(axes[0], lrs):
+        for (variant, run_lr), runs in groups.items():
+            if run_lr != lr:
+                continue
+            n = min(len(r["loss"]) for r in runs)
+            report.line_with_band(ax, runs[0]["steps"][:n], [r["loss"][:n] for r in runs], variant,
+                                  COLORS.get(variant), log=True)
+        ax.set(title=f"training loss, LR {lr:g}", xlabel="step", ylabel="loss (sum of squares)")
+        ax.legend(fontsize=7)
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+def fig_ics(doc, path):
+    groups, lrs = runs_by(doc), lrs_of(doc)
+    any_run = next(iter(doc["runs"].values()))
+    layers = [k for k in ICS_LAYERS if k in any_run["ics"]["layers"]] or any_run["ics"]["layers"][-2:]
+    fig, axes = report.new_figure(len(layers), 2 * len(lrs))
+    for c, lr in enumerate(lrs):
+        for r, layer in enumerate(layers):
+            for variant in ("standard", "batchnorm"):
+                runs = groups.get((variant, lr), [])
+                if not runs:
+                    continue
+                j = runs[0]["ics"]["layers"].index(layer)
+                steps = runs[0]["ics"]["steps"]
+                for col, key in ((2 * c, "l2"), (2 * c + 1, "cos")):
+                    report.line_with_band(axes[r][col], steps, [[row[j] for row in run["ics"][key]] for run in runs],
+                                          variant, COLORS[variant], log=(key == "l2"))
+            axes[r][2 * c].set(title=f"layer {layer}: ||G - G'||, LR {lr:g}", xlabel="step")
+            axes[r][2 * c + 1].set(title=f"layer {layer}: cos(G, G'), LR {lr:g}", xlabel="step", ylim=(-1.05, 1.05))
+            axes[r][2 * c].legend(fontsize=7)
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+def fig_landscape(doc, path, variants, lrs=None):
+    groups = runs_by(doc)
+    lrs = lrs or lrs_of(doc)
+    fig, axes = report.new_figure(len(lrs), 3)
+    for r, lr in enumerate(lrs):
+        for variant in variants:
+            runs = groups.get((variant, lr), [])
+            if not runs:
+                continue
+            run = runs[0]  # bands are per step over the eta grid: show the first seed, as the paper shows one run
+            ls = run["landscape"]
+            report.range_band(axes[r][0], ls["steps"], ls["loss_min"], ls["loss_max"], variant, COLORS[variant])
+            report.range_band(axes[r][1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], variant, COLORS[variant])
+            report.line_with_band(axes[r][2], ls["steps"], [x["landscape"]["beta_eff"] for x in runs], variant,
+                                  COLORS[variant], log=True)
+        axes[r][0].set(title=f"loss variation, LR {lr:g}", xlabel="step")
+        axes[r][1].set(title=f"gradient predictiveness, LR {lr:g}", xlabel="step")
+        axes[r][2].set(title=f"effective beta-smoothness, LR {lr:g}", xlabel="step")
+        for ax in axes[r]:
+            ax.legend(fontsize=7)
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+def fig_gradpred_vs_eta(doc, arrays, path):
+    groups, lr = runs_by(doc), lrs_of(doc)[0]
+    variants = [v for v in ("standard", "batchnorm") if (v, lr) in groups]
+    fig, axes = report.new_figure(1, max(1, len(variants)))
+    import matplotlib.cm as cm
+
+    for ax, variant in zip(axes[0], variants):
+        run = groups[(variant, lr)][0]
+        name = next(n for n, r in doc["runs"].items() if r is run)
+        diffs = arrays.get(f"{name}/grad_diff")
+        ls = run["landscape"]
+        if diffs is None:
+            continue
+        steps = ls["steps"]
+        for i, row in enumerate(diffs):
+            ax.plot(ls["eta"], row, color=cm.viridis(i / max(1, len(steps) - 1)), lw=0.8, marker=".", ms=3)
+        ax.set(xscale="log", yscale="log", xlabel="eta'", ylabel="||grad L(w - eta' g) - g||",
+               title=f"{variant}, LR {lr:g} (colour: step 0 -> {steps[-1]})")
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+def fig_activations(doc, path):
+    groups, lr = runs_by(doc), lrs_of(doc)[0]
+    variants = [v for v in COLORS if (v, lr) in groups]
+    blocks = list(groups[(variants[0], lr)][0]["moments"]["blocks"])
+    fig, axes = report.new_figure(len(variants), len(blocks), width=2.6, height=2.6)
+    for r, variant in enumerate(variants):
+        mom = groups[(variant, lr)][0]["moments"]
+        for c, block in enumerate(blocks):
+            ax = axes[r][c]
+            report.ridge(ax, mom["blocks"][block]["samples"], mom["steps"], color=COLORS[variant])
+            ax.set_title(f"{variant}: layer {block}", fontsize=8)
+    io.write_figure(path, fig)
+    report.close(fig)
+
+
+# --- assembly -------------------------------------------------------------------------------
+def split_arrays(doc):
+    """Move the big per-step arrays (raw per-eta probes, activation samples) into an npz dict."""
+    arrays = {}
+    for name, run in doc["runs"].items():
+        ls = run.get("landscape") or {}
+        for key in ("loss", "grad_diff", "beta"):
+            if key in ls:
+                arrays[f"{name}/{key}"] = report.floats([v for row in ls[key] for v in row]).reshape(len(ls[key]), -1) \
+                    if ls[key] else np.zeros((0, len(ls.get("eta", []))))
+    return arrays
+
+
+def write_all(out, doc):
+    """results.json (+ results.npz), the figures and report.md."""
+    arrays = split_arrays(doc)
+    slim = {**doc, "runs": {n: {**r, "landscape": {k: v for k, v in (r.get("landscape") or {}).items()
+                                                   if k not in ("loss", "grad_diff", "beta")}}
+                            for n, r in doc["runs"].items()}}
+    io.write_json(os.path.join(out, "results.json"), slim)
+    if arrays:
+        io.write_npz(os.path.join(out, "results.npz"), **arrays)
+    write_figures_and_report(out, slim, arrays)
+
+
+def write_figures_and_report(out, doc, arrays):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty bands and all-NaN medians of diverged runs are expected
+        fig_training_loss(doc, os.path.join(out, "fig3_training_loss.png"))
+        fig_ics(doc, os.path.join(out, "fig3_ics.png"))
+        fig_landscape(doc, os.path.join(out, "fig9_landscape_bn.png"), ("standard", "batchnorm"))
+        lp = [v for v in ("standard", "batchnorm", "l1", "l2", "linf")]
+        fig_landscape(doc, os.path.join(out, "fig10_landscape_lp.png"), lp, lrs=lrs_of(doc)[:1])
+        fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
+        fig_activations(doc, os.path.join(out, "fig13_activations.png"))
+    io.write_text(os.path.join(out, "report.md"), report_markdown(doc))
+
+
+def report_markdown(doc):
+    cfg = doc["config"]
+    env = cfg.get("environment", {})
+    groups = runs_by(doc)
+    rows = []
+    for name, run in doc["runs"].items():
+        rows.append([name, run["variant"], f"{run['lr']:g}", run["seed"], report.fmt(_final_loss(run)),
+                     run["diverged_at"] if run["diverged_at"] is not None else "-",
+                     report.fmt(run.get("hessian_top")),
+                     report.fmt(run["hessian_top"] * run["lr"] / 2) if run.get("hessian_top") is not None else "-",
+                     f"{run.get('wall_s', math.nan):.1f}"])
+    eos = []
+    for (variant, lr), runs in groups.items():
+        deep = [k for k in runs[0]["ics"]["layers"] if k >= 0.6 * max(runs[0]["ics"]["layers"])]
+        fracs = [v["neg_cos_frac"] for r in runs for v in ics_summary(r, deep).values()]
+        eos.append([variant, f"{lr:g}", report.fmt(_finite_median(fracs), 2)])
+    lines = [
+        f"# DLN study ({doc['preset']} preset)", "",
+        "The paper's deep linear network experiments (protocol.md §1; E3, E4, E5 of §4): "
+        f"{cfg['depth']} linear layers of width {cfg['width']}, {cfg['samples']} samples, summed squared error, "
+        f"full-batch gradient descent for {cfg['steps']} steps, normalization after the first {cfg['norm_layers']} "
+        f"layers; seeds {cfg['seeds']}.", "",
+        f"Command: `{cfg.get('command', '')}`  ",
+        f"Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, backend {cfg['backend']}; "
+        f"python {env.get('python', '?')}, numpy {env.get('numpy', '?')}. Wall time of the whole study: "
+        f"{cfg.get('wall_s', math.nan):.1f} s.", "",
+        "## Runs", "",
+        "lambda_max is the top Hessian eigenvalue of the final weights (power iteration on Hessian-vector "
+        "products); lambda_max * LR / 2 near 1 means gradient descent sits at the edge of stability.", "",
+        report.table(["run", "variant", "LR", "seed", "final loss", "diverged at", "lambda_max", "lambda_max*LR/2",
+                      "wall s"], rows), "",
+        "## Claims beside measurements", "",
+        *claims(doc),
+        "### Edge of stability and deep-layer ICS", "",
+        "Fraction of measurement points (after step 0) at which cos(G, G') < 0, median over the deepest 40% of "
+        "blocks and over seeds:", "",
+        report.table(["variant", "LR", "fraction cos < 0"], eos), "",
+        "## Figures", "",
+        "- `fig3_training_loss.png`: training loss per variant (median and min-max over seeds).",
+        "- `fig3_ics.png`: ||G - G'|| and cos(G, G') for layers 9 and 17, standard vs BN.",
+        "- `fig9_landscape_bn.png`: loss variation and gradient predictiveness bands over the eta' grid, and "
+        "beta_eff, standard vs BN (bands: first seed).",
+        "- `fig10_landscape_lp.png`: the same for the Lp variants at the first LR.",
+        "- `fig11_gradpred_vs_eta.png`: ||grad L(w - eta' g) - g|| against eta', coloured by step (first seed).",
+        "- `fig13_activations.png`: distributions of one random unit's pre-activation over training (ridges).", "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m minibn.studies.dln_report DIR")
+    out = argv[0]
+    doc = io.read_json(os.path.join(out, "results.json"))
+    npz = os.path.join(out, "results.npz")
+    arrays = dict(np.load(npz)) if os.path.exists(npz) else {}
+    write_figures_and_report(out, doc, arrays)
+    print(os.path.join(out, "report.md"))
+
+
+if __name__ == "__main__":
+    main()

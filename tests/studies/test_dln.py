@@ -1,0 +1,133 @@
+"""The DLN study end to end on the smoke preset: schema, figures, resume, option validation."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minibn import io
+from minibn.studies import dln
+
+RUN_KEYS = {"variant", "lr", "seed", "steps", "loss", "diverged_at", "ics", "landscape", "moments", "wall_s"}
+ICS_KEYS = {"steps", "layers", "l2", "cos"}
+LANDSCAPE_KEYS = {"steps", "eta", "loss_min", "loss_max", "gradpred_min", "gradpred_max", "beta_eff"}
+FIGURES = ["fig3_training_loss.png", "fig3_ics.png", "fig9_landscape_bn.png", "fig10_landscape_lp.png",
+           "fig11_gradpred_vs_eta.png", "fig13_activations.png"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dln-smoke")
+    assert dln.main(["--preset", "smoke", "--out", str(out), "--jobs", "1"]) == 0
+    return out
+
+
+def test_smoke_results_schema(smoke):
+    doc = io.read_json(smoke / "results.json")
+    assert doc["study"] == "dln" and doc["preset"] == "smoke"
+    cfg = doc["config"]
+    assert cfg["seeds"] == [0] and cfg["backend"] == "numpy" and "environment" in cfg
+    variants = {r["variant"] for r in doc["runs"].values()}
+    assert variants == set(dln.VARIANTS)
+    assert len(doc["runs"]) == len(dln.PRESETS["smoke"]["runs"])
+    for name, run in doc["runs"].items():
+        assert RUN_KEYS <= set(run), name
+        assert run["diverged_at"] is None
+        assert len(run["steps"]) == len(run["loss"]) and run["steps"][0] == 0
+        assert ICS_KEYS <= set(run["ics"]) and LANDSCAPE_KEYS <= set(run["landscape"])
+        n_points = len(run["ics"]["steps"])
+        n_blocks = dln.PRESETS["smoke"]["depth"]
+        assert run["ics"]["layers"] == list(range(1, n_blocks + 1))
+        assert len(run["ics"]["l2"]) == n_points and all(len(row) == n_blocks for row in run["ics"]["l2"])
+        assert len(run["landscape"]["eta"]) == len(dln.PRESETS["smoke"]["eta_multipliers"])
+        # the grid is relative to the run's LR
+        assert run["landscape"]["eta"][2] == pytest.approx(run["lr"])
+
+
+def test_smoke_writes_figures_report_and_arrays(smoke):
+    for name in FIGURES:
+        path = smoke / name
+        assert path.exists() and path.stat().st_size > 1000, name
+    text = (smoke / "report.md").read_text()
+    assert "## Claims beside measurements" in text and "ICS at LR" in text
+    import numpy as np
+
+    arrays = np.load(smoke / "results.npz")
+    assert any(k.endswith("/grad_diff") for k in arrays.files)
+
+
+def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a real study process after its first checkpoint, --resume it, compare with an uninterrupted run."""
+    args = ["--preset", "smoke", "--jobs", "1", "--variants", "batchnorm", "--lr", "1e-4", "--steps", "400"]
+    name = dln.run_name("batchnorm", 1e-4, 0)
+    killed = tmp_path / "killed"
+    checkpoint = killed / "runs" / name / "checkpoint.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--out", str(killed)] + args,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the study finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert checkpoint.exists() and not (killed / "runs" / name / "result.json").exists()
+    assert dln.main(["--out", str(killed), "--resume"] + args) == 0
+    whole = tmp_path / "whole"
+    assert dln.main(["--out", str(whole)] + args) == 0
+    resumed = io.read_json(killed / "results.json")["runs"][name]
+    uninterrupted = io.read_json(whole / "results.json")["runs"][name]
+    for key in ("steps", "loss", "ics", "landscape", "moments", "hessian_top"):
+        assert resumed[key] == uninterrupted[key], key
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    args = ["--preset", "smoke", "--jobs", "1", "--variants", "standard", "--out", str(tmp_path)]
+    assert dln.main(args + ["--steps", "5"]) == 0
+    with pytest.raises(SystemExit) as err:
+        dln.main(args + ["--steps", "6", "--resume"])
+    assert "differ" in str(err.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "bogus"], "unknown variant"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--steps", "0"], "--steps must be a positive"),
+    (["--seeds", "0"], "--seeds must be"),
+    (["--backend", "tpu"], "unknown backend"),
+])
+def test_bad_options_fail_before_any_work(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        dln.parse_args(["--out", str(tmp_path / "o")] + argv)
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_out_is_rejected(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit):
+        dln.parse_args(["--out", str(blocker / "sub")])
+    assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_cupy_without_gpu_is_a_clear_error(tmp_path, capsys):
+    from minibn import backend
+
+    if backend.is_available("cupy"):
+        pytest.skip("CuPy and a GPU are available here")
+    with pytest.raises(SystemExit):
+        dln.parse_args(["--out", str(tmp_path / "o"), "--backend", "cupy"])
+    assert "minibn[gpu]" in capsys.readouterr().err
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "minibn.studies.dln", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for option in ("--backend", "--preset", "--out", "--seed", "--seeds", "--resume", "--variants", "--lr",
+                   "--steps", "--jobs"):
+        assert option in out
