@@ -88,7 +88,7 @@ def run_one(spec):
         landscape.LandscapeRecorder(loss_fn, etas=etas, every=every),
         moments.MomentsRecorder(moment_layers, every=every, n_samples=cfg["moment_samples"], seed=spec["seed"]),
     ]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = train.train(model, loss_fn, train.FullBatch(X, Y), SGD(model, lr), cfg["steps"], callbacks=callbacks,
                       log_every=cfg["log_every"], checkpoint=os.path.join(folder, "checkpoint.npz"),
                       checkpoint_every=cfg["checkpoint_every"], resume=spec["resume"], progress=name)
@@ -103,7 +103,7 @@ def run_one(spec):
         "moments": {"steps": out["callbacks"]["moments"]["steps"],  # keyed by block number, as the paper's figures
                     "blocks": {str(b): out["callbacks"]["moments"]["layers"][str(i)]
                                for b, i in zip(cfg["moment_layers"], moment_layers)}},
-        "hessian_top": top, "wall_s": time.perf_counter() - start,
+        "hessian_top": top, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
     }
     io.write_json(done, result)
     return result

@@ -313,7 +313,7 @@ def report_markdown(doc):
                      run["diverged_at"] if run["diverged_at"] is not None else "-",
                      report.fmt(run.get("hessian_top")),
                      report.fmt(run["hessian_top"] * run["lr"] / 2) if run.get("hessian_top") is not None else "-",
-                     f"{run.get('wall_s', math.nan):.1f}"])
+                     f"{run.get('wall_s', math.nan):.1f}", f"{run.get('cpu_s', math.nan):.1f}"])
     eos = []
     for (variant, lr), runs in groups.items():
         deep = [k for k in runs[0]["ics"]["layers"] if k >= 0.6 * max(runs[0]["ics"]["layers"])]
@@ -333,7 +333,7 @@ def report_markdown(doc):
         "lambda_max is the top Hessian eigenvalue of the final weights (power iteration on Hessian-vector "
         "products); lambda_max * LR / 2 near 1 means gradient descent sits at the edge of stability.", "",
         report.table(["run", "variant", "LR", "seed", "final loss", "diverged at", "lambda_max", "lambda_max*LR/2",
-                      "wall s"], rows), "",
+                      "wall s", "CPU s"], rows), "",
         "## Claims beside measurements", "",
         *claims(doc),
         "### Edge of stability and deep-layer ICS", "",
