@@ -97,6 +97,14 @@ def tail_mean(values, fraction=0.1):
     return float(v[-max(1, int(len(v) * fraction)):].mean())
 
 
+def moving_average(values, k=50):
+    """Mean of the last ``k`` values at each point (fewer at the start); NaNs propagate."""
+    csum = np.concatenate([[0.0], np.cumsum(values)])
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - k, 0)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
 def final(run, key):
     values = run.get(key) or []
     return values[-1] if values else None
@@ -173,12 +181,14 @@ def fig_accuracy(doc, path, variants, lrs, title):
             label = f"{LABELS[v]}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
             _plot_acc(axes[0, 0], run, "train_acc", label, COLORS[v], style)
             _plot_acc(axes[0, 1], run, "test_acc", label, COLORS[v], style)
-            axes[0, 2].plot(run["steps"], floats(run["loss"]), style, color=COLORS[v], lw=0.5, alpha=0.7, label=label)
+            steps, loss = np.asarray(run["steps"]), floats(run["loss"])
+            axes[0, 2].plot(steps, loss, color=COLORS[v], lw=0.3, alpha=0.25)
+            axes[0, 2].plot(steps, moving_average(loss), style, color=COLORS[v], lw=1.2, label=label)
     _acc_axes(axes[0, 0], f"{title}: training accuracy (eval mode)")
     _acc_axes(axes[0, 1], f"{title}: test accuracy")
     axes[0, 2].set_yscale("log")
     axes[0, 2].set_xlabel("step")
-    axes[0, 2].set_title("training loss (train mode, per batch)")
+    axes[0, 2].set_title("training loss (per batch, faint; moving average of 50)")
     axes[0, 0].legend(fontsize=7)
     _save(fig, path)
 
