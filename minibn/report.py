@@ -75,7 +75,8 @@ def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60):
 
 
 def new_figure(nrows, ncols, width=4.2, height=3.2):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             constrained_layout=True)
     return fig, axes
 
 
