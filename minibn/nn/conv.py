@@ -32,11 +32,18 @@ is faster for stride 1 when C is not much smaller than O (one well-shaped GEMM, 
 slice-add passes); with a stride it would multiply zeros, and with few input channels
 (the first layer, C = 3) its patch matrix of width kh*kw*O dwarfs col2im's kh*kw*C, so
 ``dx_route="auto"`` takes col2im there.
+
+Every sum above splits over the images, so cols (and dy_grid) are built for a block of
+images at a time (:func:`~minibn.nn.im2col.image_chunks`, a few MB each) and dropped:
+the cache keeps only x, kh*kw times smaller than cols, and backward rebuilds the blocks.
+On NumPy this is faster than one whole-batch patch matrix (hundreds of MB for a VGG
+layer, mapped and page-faulted afresh at every call) and keeps the peak memory near
+that of the activations.
 """
 
 from minibn import backend
 from minibn.nn import init as _init
-from minibn.nn.im2col import col2im, im2col, output_size, pad, pair, span
+from minibn.nn.im2col import col2im, im2col, image_chunks, output_size, pad, pair, span
 from minibn.nn.layer import Layer, LayerError, check_input
 
 DX_ROUTES = ("auto", "col2im", "transposed")
@@ -44,47 +51,60 @@ DX_ROUTES = ("auto", "col2im", "transposed")
 
 def forward(x, W, b=None, stride=(1, 1), padding=(0, 0)):
     """y = conv(x, W) + b; returns ``(y, cache)``. Inputs are assumed valid (see :class:`Conv2d`)."""
+    xp = backend.array_module(x)
     n, h, w, _ = x.shape
-    kh, kw, _, out = W.shape
+    kh, kw, c, out = W.shape
     (sh, sw), (ph, pw) = stride, padding
-    cols = im2col(pad(x, ph, pw), kh, kw, sh, sw)
-    y = cols @ W.reshape(-1, out)
+    ho, wo = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
+    W2 = W.reshape(-1, out)
+    y = xp.empty((n, ho, wo, out), dtype=x.dtype)
+    for part in image_chunks(xp, n, ho * wo * W2.shape[0] * x.itemsize):
+        cols = im2col(pad(x[part], ph, pw), kh, kw, sh, sw)
+        xp.matmul(cols, W2, out=y[part].reshape(-1, out))
     if b is not None:
         y += b
-    y = y.reshape(n, output_size(h, kh, sh, ph), output_size(w, kw, sw, pw), out)
-    return y, (cols, W, x.shape, stride, padding, b is not None)
+    return y, (x, W, stride, padding, b is not None)
 
 
 def backward(dy, cache, dx_route="auto"):
     """``(dx, {"W": dW, "b": db})`` for dy = dL/dy; ``dx_route`` picks how dx is computed."""
-    cols, W, x_shape, stride, padding, has_bias = cache
-    kh, kw, c, out = W.shape
-    dy2 = dy.reshape(-1, out)
-    grads = {"W": (cols.T @ dy2).reshape(W.shape)}
-    if has_bias:
-        grads["b"] = dy2.sum(axis=0)
+    x, W, stride, padding, has_bias = cache
+    xp = backend.array_module(dy)
+    n, h, w, c = x.shape
+    kh, kw, _, out = W.shape
     if dx_route not in DX_ROUTES:
         raise ValueError(f"conv.backward: dx_route must be one of {DX_ROUTES}, got {dx_route!r}")
     if dx_route == "auto":
         dx_route = "transposed" if stride == (1, 1) and 4 * c >= out else "col2im"
-    if dx_route == "col2im":
-        dx = col2im(dy2 @ W.reshape(-1, out).T, x_shape, kh, kw, *stride, *padding)
-    else:
-        dx = _dx_transposed(dy, W, x_shape, stride, padding)
+    W2 = W.reshape(-1, out)
+    if dx_route == "transposed":
+        W_flip = W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
+    dW2 = xp.zeros_like(W2)
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+    patch_bytes = kh * kw * max(dy.shape[1] * dy.shape[2] * c, h * w * out) * dy.itemsize  # per image
+    for part in image_chunks(xp, n, patch_bytes):
+        dy2 = dy[part].reshape(-1, out)
+        dW2 += im2col(pad(x[part], *padding), kh, kw, *stride).T @ dy2
+        if dx_route == "transposed":
+            dy_grid = _dilate_and_pad(dy[part], (h, w), kh, kw, stride, padding)
+            xp.matmul(im2col(dy_grid, kh, kw, 1, 1), W_flip, out=dx[part].reshape(-1, c))
+        else:
+            col2im(dy2 @ W2.T, dx[part].shape, kh, kw, *stride, *padding, out=dx[part])
+    grads = {"W": dW2.reshape(W.shape)}
+    if has_bias:
+        grads["b"] = dy.reshape(-1, out).sum(axis=0)
     return dx, grads
 
 
-def _dx_transposed(dy, W, x_shape, stride, padding):
+def _dilate_and_pad(dy, size, kh, kw, stride, padding):
+    """dy_grid of the docstring: dy spread out by the stride on a zero (N, H+kh-1, W+kw-1, O) grid."""
     xp = backend.array_module(dy)
-    n, h, w, c = x_shape
-    kh, kw, _, out = W.shape
-    (sh, sw), (ph, pw) = stride, padding
-    dy_grid = xp.zeros((n, h + kh - 1, w + kw - 1, out), dtype=dy.dtype)
+    (h, w), (sh, sw), (ph, pw) = size, stride, padding
+    dy_grid = xp.zeros((dy.shape[0], h + kh - 1, w + kw - 1, dy.shape[3]), dtype=dy.dtype)
     rows_dy, rows_grid = span(kh - 1 - ph, dy.shape[1], sh, h + kh - 1)
     cols_dy, cols_grid = span(kw - 1 - pw, dy.shape[2], sw, w + kw - 1)
     dy_grid[:, rows_grid, cols_grid, :] = dy[:, rows_dy, cols_dy, :]
-    W_flip = W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * out, c)
-    return (im2col(dy_grid, kh, kw, 1, 1) @ W_flip).reshape(x_shape)
+    return dy_grid
 
 
 class Conv2d(Layer):

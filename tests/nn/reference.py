@@ -27,6 +27,36 @@ def conv2d(x, W, b=None, stride=(1, 1), padding=(0, 0)):
     return y
 
 
+def conv2d_input_gradient(dy, W, x_shape, stride=(1, 1), padding=(0, 0)):
+    """dx of :func:`conv2d`: every dy[n, ho, wo, :] W[i, j]^T goes back to the input position its window read."""
+    n, h, w, c = x_shape
+    kh, kw = W.shape[:2]
+    (sh, sw), (ph, pw) = stride, padding
+    dx_pad = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
+    for r in range(dy.shape[1]):
+        for s in range(dy.shape[2]):
+            for i in range(kh):
+                for j in range(kw):
+                    dx_pad[:, r * sh + i, s * sw + j, :] += dy[:, r, s, :] @ W[i, j].T
+    return dx_pad[:, ph:ph + h, pw:pw + w, :]
+
+
+def conv2d_weight_gradient(x, dy, W_shape, stride=(1, 1), padding=(0, 0)):
+    """dW of :func:`conv2d`: dW[i, j] = sum over batch and positions of x_pad-window(i, j)^T dy."""
+    n, h, w, c = x.shape
+    kh, kw = W_shape[:2]
+    (sh, sw), (ph, pw) = stride, padding
+    x_pad = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    x_pad[:, ph:ph + h, pw:pw + w, :] = x
+    dW = np.zeros(W_shape, dtype=x.dtype)
+    for r in range(dy.shape[1]):
+        for s in range(dy.shape[2]):
+            for i in range(kh):
+                for j in range(kw):
+                    dW[i, j] += x_pad[:, r * sh + i, s * sw + j, :].T @ dy[:, r, s, :]
+    return dW
+
+
 def max_pool2d(x, kernel=(2, 2), stride=(2, 2)):
     """(y, dx_of) for NumPy x (N, H, W, C): the window maxima, and a function dy -> dx that
     sends each dy to the first maximum of its window in row-major order."""

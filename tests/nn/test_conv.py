@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from minibn import backend, nn
 from minibn.gradcheck import check_layer
-from minibn.nn import conv
+from minibn.nn import conv, im2col
 from tests.nn import reference
 
 # The xp fixture only hands out a module, so reusing it across examples is safe.
@@ -40,9 +40,16 @@ def make_layer(case, xp, dtype="float64"):
     return layer
 
 
+@pytest.fixture(params=["one block", "one image per block"])
+def chunking(request, monkeypatch):
+    """The patch matrices are built in blocks of images; also force one image per block."""
+    if request.param == "one image per block":
+        monkeypatch.setattr(im2col, "CHUNK_BYTES", 1)
+
+
 @settings(max_examples=40, **SETTINGS)
-@given(case=conv_cases())
-def test_forward_matches_loop_reference(xp, case):
+@given(case=conv_cases(max_batch=3))
+def test_forward_matches_loop_reference(xp, chunking, case):
     layer = make_layer(case, xp)
     y = layer.forward(xp.asarray(case["x"]), "train")
     params = {k: backend.to_host(v) for k, v in layer.params.items()}
@@ -60,8 +67,8 @@ def test_backward_passes_float64_gradcheck(xp, case):
 
 
 @settings(max_examples=30, **SETTINGS)
-@given(case=conv_cases(max_size=7, max_channels=4))
-def test_dx_routes_agree(xp, case):
+@given(case=conv_cases(max_size=7, max_channels=4, max_batch=3))
+def test_dx_routes_agree(xp, chunking, case):
     """col2im and the flipped-kernel convolution are the same linear map, for any stride and padding."""
     layer = make_layer(case, xp)
     y, cache = conv.forward(xp.asarray(case["x"]), layer.params["W"], layer.params.get("b"),
@@ -73,6 +80,12 @@ def test_dx_routes_agree(xp, case):
     np.testing.assert_allclose(backend.to_host(dx_transposed), backend.to_host(dx_col2im), rtol=1e-12, atol=1e-12)
     for key in grads_col2im:
         np.testing.assert_array_equal(backend.to_host(grads_transposed[key]), backend.to_host(grads_col2im[key]))
+    dx_reference = reference.conv2d_input_gradient(backend.to_host(dy), backend.to_host(layer.params["W"]),
+                                                   case["x"].shape, case["stride"], case["padding"])
+    np.testing.assert_allclose(backend.to_host(dx_col2im), dx_reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.to_host(grads_col2im["W"]),
+                               reference.conv2d_weight_gradient(case["x"], backend.to_host(dy), layer.params["W"].shape,
+                                                                case["stride"], case["padding"]), rtol=1e-12, atol=1e-12)
 
 
 def test_conv_then_pool_gradcheck_through_sequential(xp):
