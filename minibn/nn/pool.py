@@ -16,12 +16,15 @@ Backward: the gradient of a window goes to ONE input, its (first) argmax:
     dx[n, ho*sh + i, wo*sw + j, c] += dy[n, ho, wo, c] * [arg[n, ho, wo, c] == i*kw + j]
 
 On ties max is not differentiable; taking the first maximum is a valid subgradient and
-the same on NumPy and CuPy (docs/layers/pool.md). The backward is one strided slice per
-kernel offset. When windows do not overlap (kh <= sh and kw <= sw) the slices of
-different offsets are disjoint and are simply assigned; when in addition they tile x
-exactly (kernel == stride, H and W divisible: the common 2x2/2 pooling, x viewed as
-(N, Ho, kh, Wo, kw, C)) dx needs no zero fill. Overlapping windows add their slices,
-one offset at a time, so no scatter-add is needed either.
+the same on NumPy and CuPy (docs/layers/pool.md).
+
+Paths. The common case, kernel == stride with H and W divisible (2x2/2 in VGG), tiles x
+exactly: y is one reduction over x viewed as (N, Ho, kh, Wo, kw, C), and dx needs no
+zero fill. Otherwise y is a running maximum over the strided slices x_ij. ``arg`` is
+found by comparing each x_ij with y, last offset first so the first maximum is written
+last. The backward writes one strided slice per offset: when windows do not overlap
+(kh <= sh and kw <= sw) the slices of different offsets are disjoint and are assigned;
+overlapping windows add their slices one offset at a time, so no scatter-add is needed.
 """
 
 from minibn import backend
@@ -33,22 +36,33 @@ def _slice(offset, count, stride):
     return slice(offset, offset + (count - 1) * stride + 1, stride)
 
 
+def _windows(x, kernel, stride, out_size):
+    """The strided slices x_ij for the offsets k = i*kw + j, in row-major order (views, no copies)."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_size
+    return [x[:, _slice(k // kw, ho, sh), _slice(k % kw, wo, sw), :] for k in range(kh * kw)]
+
+
+def _tiles(x_shape, kernel, stride, out_size):
+    """Whether the windows tile x exactly: kernel == stride and H, W divisible by it."""
+    return kernel == stride and x_shape[1] == out_size[0] * kernel[0] and x_shape[2] == out_size[1] * kernel[1]
+
+
 def forward(x, kernel=(2, 2), stride=(2, 2)):
     """``(y, cache)`` with y the window maxima; inputs are assumed valid (see :class:`MaxPool2d`)."""
     xp = backend.array_module(x)
     (kh, kw), (sh, sw) = kernel, stride
     n, h, w, c = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    arg = xp.zeros((n, ho, wo, c), dtype=xp.uint8 if kh * kw <= 256 else xp.int32)
-    y = None
-    for k in range(kh * kw):
-        x_ij = x[:, _slice(k // kw, ho, sh), _slice(k % kw, wo, sw), :]
-        if y is None:
-            y = x_ij.copy()
-            continue
-        larger = x_ij > y                  # strict: an equal later value keeps the first argmax
-        xp.maximum(y, x_ij, out=y)
-        xp.copyto(arg, k, where=larger)
+    out_size = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+    windows = _windows(x, kernel, stride, out_size)
+    if _tiles(x.shape, kernel, stride, out_size):   # fast path: one reduction over a reshape
+        y = x.reshape(n, out_size[0], kh, out_size[1], kw, c).max(axis=(2, 4))
+    else:
+        y = windows[0].copy()
+        for x_ij in windows[1:]:
+            xp.maximum(y, x_ij, out=y)
+    arg = xp.full(y.shape, kh * kw - 1, dtype=xp.uint8 if kh * kw <= 256 else xp.int32)
+    for k in range(kh * kw - 2, -1, -1):   # last offset first, so the first maximum is written last
+        arg -= (windows[k] == y) * (arg - k)   # arg = k where x_k holds the maximum (arg > k here: no wrap)
     return y, (arg, x.shape, kernel, stride)
 
 
@@ -59,15 +73,13 @@ def backward(dy, cache):
     n, h, w, c = x_shape
     ho, wo = dy.shape[1:3]
     overlap = kh > sh or kw > sw
-    tiles = (kh, kw) == (sh, sw) and h == ho * kh and w == wo * kw
+    tiles = _tiles(x_shape, (kh, kw), (sh, sw), (ho, wo))
     dx = xp.empty(x_shape, dtype=dy.dtype) if tiles else xp.zeros(x_shape, dtype=dy.dtype)
-    for k in range(kh * kw):
-        window = (slice(None), _slice(k // kw, ho, sh), _slice(k % kw, wo, sw), slice(None))
-        grad_k = dy * (arg == k)
+    for k, dx_ij in enumerate(_windows(dx, (kh, kw), (sh, sw), (ho, wo))):
         if overlap:
-            dx[window] += grad_k
+            dx_ij += dy * (arg == k)
         else:
-            dx[window] = grad_k
+            xp.multiply(dy, arg == k, out=dx_ij)
     return dx, {}
 
 
