@@ -57,15 +57,22 @@ def forward(x, gamma, beta, eps=1e-5, mean=None, var=None):
     x2 = _rows(x)
     m = x2.shape[0]
     batch = mean is None
+    xp = backend.array_module(x2)
+    y = None
     if batch:
         mean = column_sums(x2) * (1.0 / m)
         centred = x2 - mean
-        var = column_sums(centred * centred) * (1.0 / m)
+        y = centred * centred                # scratch for the variance, reused below as y
+        var = column_sums(y) * (1.0 / m)
     else:
         centred = x2 - mean
     inv_std = 1.0 / (var + eps) ** 0.5
-    x_hat = centred * inv_std
-    y = x_hat * gamma + beta
+    # In place on arrays made here: fresh large arrays cost page faults on NumPy (the
+    # conv3x3+BN+ReLU block's BN went from 86 to 56 ms CPU at 128x32x32x64).
+    x_hat = centred
+    x_hat *= inv_std
+    y = xp.multiply(x_hat, gamma, out=y)
+    y += beta
     cache = (x_hat, gamma, inv_std, m, batch, x.shape)
     return y.reshape(x.shape), cache, (mean, var)
 
@@ -74,12 +81,18 @@ def backward(dy, cache):
     """The simplified closed form (see module docstring)."""
     x_hat, gamma, inv_std, m, batch, shape = cache
     dy2 = _rows(dy)
+    xp = backend.array_module(dy2)
     dbeta = column_sums(dy2)
-    dgamma = column_sums(dy2 * x_hat)
+    dx = dy2 * x_hat                          # scratch for dgamma, reused below as dx
+    dgamma = column_sums(dx)
     if batch:
-        dx = (m * dy2 - dbeta - x_hat * dgamma) * (gamma * inv_std / m)
+        # dx = (gamma * inv_std / m) * (m * dy - dbeta - x_hat * dgamma), in place
+        xp.multiply(x_hat, dgamma * (1.0 / m), out=dx)
+        dx += dbeta * (1.0 / m)
+        xp.subtract(dy2, dx, out=dx)
+        dx *= gamma * inv_std
     else:
-        dx = dy2 * (gamma * inv_std)
+        xp.multiply(dy2, gamma * inv_std, out=dx)
     return dx.reshape(shape), {"gamma": dgamma, "beta": dbeta}
 
 
