@@ -27,11 +27,11 @@ kernel (route "transposed"): on a zero grid dy_grid of shape (N, H + kh - 1, W +
     dx[n, h, w, c] = sum_{i, j, o} dy_grid[n, h + i, w + j, o] W_flip[i, j, o, c]
                    = (im2col(dy_grid) W_flip.reshape(kh*kw*O, C)).reshape(N, H, W, C)
 
-docs/layers/conv.md derives both. Neither uses a scatter-add. The "transposed" route
-is faster for stride 1 when C is not much smaller than O (one well-shaped GEMM, no
-slice-add passes); with a stride it would multiply zeros, and with few input channels
-(the first layer, C = 3) its patch matrix of width kh*kw*O dwarfs col2im's kh*kw*C, so
-``dx_route="auto"`` takes col2im there.
+docs/layers/conv.md derives both. Neither uses a scatter-add. ``dx_route="auto"`` takes
+"transposed" for stride 1 when C >= O (one GEMM, no slice-add passes; measured faster
+for 64->64 at 32x32) and "col2im" otherwise: with a stride the grid is mostly zeros, and
+with C < O the transposed patch matrix (width kh*kw*O) is wider than dcols (kh*kw*C)
+(measured 2x faster for the first layer, 3->64).
 
 Every sum above splits over the images, so cols (and dy_grid) are built for a block of
 images at a time (:func:`~minibn.nn.im2col.image_chunks`, a few MB each) and dropped:
@@ -75,7 +75,7 @@ def backward(dy, cache, dx_route="auto"):
     if dx_route not in DX_ROUTES:
         raise ValueError(f"conv.backward: dx_route must be one of {DX_ROUTES}, got {dx_route!r}")
     if dx_route == "auto":
-        dx_route = "transposed" if stride == (1, 1) and 4 * c >= out else "col2im"
+        dx_route = "transposed" if stride == (1, 1) and c >= out else "col2im"
     W2 = W.reshape(-1, out)
     if dx_route == "transposed":
         W_flip = W[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, c)
