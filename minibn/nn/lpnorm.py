@@ -36,6 +36,7 @@ import math
 import numbers
 
 from minibn import backend
+from minibn.nn.batchnorm import column_sums
 from minibn.nn.layer import Layer, LayerError, check_input
 
 PS = (1, 2, math.inf)
@@ -59,9 +60,9 @@ def norm(y2, p):
     """N_p per column of the (m, C) array y2."""
     xp = backend.array_module(y2)
     if p == 1:
-        return xp.abs(y2).mean(axis=0)
+        return column_sums(xp.abs(y2)) * (1.0 / y2.shape[0])
     if p == 2:
-        return xp.sqrt((y2 * y2).mean(axis=0))
+        return xp.sqrt(column_sums(y2 * y2) * (1.0 / y2.shape[0]))
     return xp.abs(y2).max(axis=0)
 
 
@@ -88,7 +89,7 @@ def forward(y, gamma, beta, p, eps=1e-5, mean=None, n_p=None):
     y2 = _rows(y)
     batch = mean is None
     if batch:
-        mean = y2.mean(axis=0)
+        mean = column_sums(y2) * (1.0 / y2.shape[0])
         n_p = norm(y2, p)
     inv_denom = 1.0 / (n_p + eps)
     x_hat = (y2 - mean) * inv_denom
@@ -102,8 +103,8 @@ def backward(dz, cache):
     y2, x_hat, gamma, inv_denom, n_p, p, batch, shape = cache
     dz2 = _rows(dz)
     m = y2.shape[0]
-    dbeta = dz2.sum(axis=0)
-    dgamma = (dz2 * x_hat).sum(axis=0)
+    dbeta = column_sums(dz2)
+    dgamma = column_sums(dz2 * x_hat)
     if batch:
         dy = (dz2 - dbeta * (1.0 / m) - dgamma * norm_grad(y2, p, n_p)) * (gamma * inv_denom)
     else:
