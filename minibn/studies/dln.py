@@ -199,9 +199,11 @@ def main(argv=None):
     cfg = build_config(args)
     config_path = os.path.join(args.out, "config.json")
     if args.resume and os.path.exists(config_path):
-        old = io.read_json(config_path)
-        if old != io.jsonable(cfg):
-            changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != io.jsonable(cfg).get(k))
+        # Runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
+        # every other setting must match the runs already in the folder.
+        old, new = io.read_json(config_path), io.jsonable(cfg)
+        changed = sorted(k for k in set(old) | set(new) if k != "seeds" and old.get(k) != new.get(k))
+        if changed:
             sys.exit(f"error: --resume with settings that differ from the study in {args.out} ({', '.join(changed)}); "
                      f"use the same options or another --out")
     io.write_json(config_path, cfg)
