@@ -105,9 +105,11 @@ def col2im(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
     return dx
 
 
-#: Bytes of patch matrix built at a time on NumPy (measured on a 2-core EPYC: 2-16 MB
-#: blocks all beat one whole-batch block; 8 MB keeps GEMMs with 512 channels >= 400 rows).
-CHUNK_BYTES = 8 * 2**20
+#: Bytes of patch matrix built at a time on NumPy. Measured on a shared 2-core EPYC (conv
+#: 64->64 block, batch 128): with one BLAS thread 2-24 MB blocks all beat one whole-batch
+#: block (cache, page faults); with two threads blocks under ~8 MB lose, as every GEMM call
+#: pays a thread hand-off. 16 MB sits below glibc's largest mmap threshold (32 MB).
+CHUNK_BYTES = 16 * 2**20
 
 
 def image_chunks(xp, n, bytes_per_image, budget=None):
