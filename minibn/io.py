@@ -60,6 +60,7 @@ def write_npz(path, **arrays):
 
 
 def write_figure(path, fig):
-    """Save a matplotlib figure atomically (format from the path's suffix)."""
+    """Save a matplotlib figure atomically (format from the path's suffix); figures from
+    :func:`minibn.report.new_figure` lay themselves out (constrained layout)."""
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
-    _atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight"), "wb")
+    _atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=100), "wb")

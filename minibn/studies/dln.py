@@ -127,6 +127,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", nargs="+", type=float, default=None, metavar="LR",
                    help="run every chosen variant at each of these learning rates [the preset's pairs]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
+    p.add_argument("--no-report", action="store_true",
+                   help="write results.json and results.npz but no figures or report.md (build them later with "
+                        "python -m minibn.studies.dln_report DIR)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
     args = p.parse_args(argv)
@@ -226,8 +229,8 @@ def main(argv=None):
            "config": {**cfg, "environment": environment(), "command": "python -m minibn.studies.dln " + " ".join(argv or sys.argv[1:]),
                       "wall_s": total},
            "runs": results}
-    dln_report.write_all(args.out, doc)
-    print(f"done in {total:.1f} s: {os.path.join(args.out, 'report.md')}")
+    dln_report.write_all(args.out, doc, figures=not args.no_report)
+    print(f"done in {total:.1f} s: {os.path.join(args.out, 'results.json' if args.no_report else 'report.md')}")
     return 0
 
 

@@ -278,8 +278,8 @@ def split_arrays(doc):
     return arrays
 
 
-def write_all(out, doc):
-    """results.json (+ results.npz), the figures and report.md."""
+def write_all(out, doc, figures=True):
+    """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md."""
     arrays = split_arrays(doc)
     slim = {**doc, "runs": {n: {**r, "landscape": {k: v for k, v in (r.get("landscape") or {}).items()
                                                    if k not in ("loss", "grad_diff", "beta")}}
@@ -287,7 +287,8 @@ def write_all(out, doc):
     io.write_json(os.path.join(out, "results.json"), slim)
     if arrays:
         io.write_npz(os.path.join(out, "results.npz"), **arrays)
-    write_figures_and_report(out, slim, arrays)
+    if figures:
+        write_figures_and_report(out, slim, arrays)
 
 
 def write_figures_and_report(out, doc, arrays):

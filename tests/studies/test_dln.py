@@ -46,6 +46,13 @@ def test_smoke_results_schema(smoke):
         assert run["landscape"]["eta"][2] == pytest.approx(run["lr"])
 
 
+def test_no_report_writes_results_only(tmp_path):
+    assert dln.main(["--preset", "smoke", "--jobs", "1", "--variants", "l2", "--steps", "3", "--no-report",
+                     "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.json").exists() and not (tmp_path / "report.md").exists()
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_smoke_writes_figures_report_and_arrays(smoke):
     for name in FIGURES:
         path = smoke / name
@@ -60,7 +67,8 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
 
 def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
     """SIGKILL a real study process after its first checkpoint, --resume it, compare with an uninterrupted run."""
-    args = ["--preset", "smoke", "--jobs", "1", "--variants", "batchnorm", "--lr", "1e-4", "--steps", "400"]
+    args = ["--preset", "smoke", "--jobs", "1", "--variants", "batchnorm", "--lr", "1e-4", "--steps", "400",
+            "--no-report"]
     name = dln.run_name("batchnorm", 1e-4, 0)
     killed = tmp_path / "killed"
     checkpoint = killed / "runs" / name / "checkpoint.npz"
@@ -85,7 +93,7 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_resume_refuses_changed_settings(tmp_path, capsys):
-    args = ["--preset", "smoke", "--jobs", "1", "--variants", "standard", "--out", str(tmp_path)]
+    args = ["--preset", "smoke", "--jobs", "1", "--variants", "standard", "--out", str(tmp_path), "--no-report"]
     assert dln.main(args + ["--steps", "5"]) == 0
     with pytest.raises(SystemExit) as err:
         dln.main(args + ["--steps", "6", "--resume"])
@@ -129,5 +137,5 @@ def test_help_explains_every_option():
     out = subprocess.run([sys.executable, "-m", "minibn.studies.dln", "--help"], capture_output=True, text=True,
                          check=True).stdout
     for option in ("--backend", "--preset", "--out", "--seed", "--seeds", "--resume", "--variants", "--lr",
-                   "--steps", "--jobs"):
+                   "--steps", "--jobs", "--no-report"):
         assert option in out
