@@ -248,15 +248,19 @@ def run_all(specs, jobs):
             results[spec["name"]] = run_one(spec)
             bar.update()
     else:
-        import concurrent.futures as cf
         import multiprocessing
 
         os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", "1")
-        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, spec): spec["name"] for spec in order}
-            for fut in cf.as_completed(futures):
-                results[futures[fut]] = fut.result()
+        pool = multiprocessing.get_context("spawn").Pool(jobs)
+        try:
+            for result in pool.imap_unordered(run_one, order):
+                results[run_name(result["variant"], result["lr"], result["seed"])] = result
                 bar.update()
+        except BaseException:
+            pool.terminate()  # Ctrl-C or a failed run: stop the other workers now; checkpoints stay
+            raise
+        pool.close()
+        pool.join()
     bar.close()
     return {spec["name"]: results[spec["name"]] for spec in specs}
 
