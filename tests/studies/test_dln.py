@@ -1,5 +1,6 @@
 """The DLN study end to end on the smoke preset: schema, figures, resume, option validation."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -65,27 +66,31 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
     assert any(k.endswith("/grad_diff") for k in arrays.files)
 
 
-def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL a real study process after its first checkpoint, --resume it, compare with an uninterrupted run."""
-    args = ["--preset", "smoke", "--jobs", "1", "--variants", "batchnorm", "--lr", "1e-4", "--steps", "400",
-            "--no-report"]
+def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
+    """Ctrl-C (SIGINT to the process group) a real two-worker study after its first checkpoint,
+    then --resume it: the result equals an uninterrupted run's."""
+    args = ["--preset", "smoke", "--variants", "batchnorm", "l2", "--lr", "1e-4", "--steps", "200", "--no-report"]
     name = dln.run_name("batchnorm", 1e-4, 0)
     killed = tmp_path / "killed"
     checkpoint = killed / "runs" / name / "checkpoint.npz"
-    proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--out", str(killed)] + args,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--out", str(killed), "--jobs", "2"] + args,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, "the study finished before it could be interrupted"
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
     finally:
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "--resume" in err
     assert checkpoint.exists() and not (killed / "runs" / name / "result.json").exists()
-    assert dln.main(["--out", str(killed), "--resume"] + args) == 0
+    assert dln.main(["--out", str(killed), "--jobs", "1", "--resume"] + args) == 0
     whole = tmp_path / "whole"
-    assert dln.main(["--out", str(whole)] + args) == 0
+    assert dln.main(["--out", str(whole), "--jobs", "1"] + args) == 0
     resumed = io.read_json(killed / "results.json")["runs"][name]
     uninterrupted = io.read_json(whole / "results.json")["runs"][name]
     for key in ("steps", "loss", "ics", "landscape", "moments", "hessian_top"):
