@@ -80,7 +80,7 @@ def split_arrays(doc):
         layers = {}
         for k, (layer, rec) in enumerate(sorted(mom["layers"].items(), key=lambda kv: int(kv[0])), start=1):
             rec = dict(rec)
-            arrays[f"{name}/moments/{k}"] = stack_ragged(rec.pop("samples", []))
+            arrays[f"{name}/moments/{k}"] = stack_ragged(rec.pop("samples", [])).astype("float32")  # as recorded
             layers[layer] = rec
         mom["layers"] = layers
         run["moments"] = mom
@@ -188,7 +188,7 @@ def fig_accuracy(doc, path, variants, lrs, title):
     _acc_axes(axes[0, 1], f"{title}: test accuracy")
     axes[0, 2].set_yscale("log")
     axes[0, 2].set_xlabel("step")
-    axes[0, 2].set_title("training loss (per batch, faint; moving average of 50)")
+    axes[0, 2].set_title("training loss (moving average of 50)")
     axes[0, 0].legend(fontsize=7)
     _save(fig, path)
 
@@ -220,7 +220,9 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
         steps = run["moments"]["steps"]
         for col, layer in enumerate(layers):
             ax = axes[row, col]
-            report.ridge(ax, list(samples(run, layer, arrays, run_name_of(doc, run))), steps, color=COLORS[v])
+            rows = samples(run, layer, arrays, run_name_of(doc, run))
+            keep = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 11)).round().astype(int))
+            report.ridge(ax, list(rows[keep]), [steps[i] for i in keep], color=COLORS[v], bins=25)
             ax.set_title(f"{LABELS[v]}, layer {layer}", fontsize=9)
     _save(fig, path)
 
@@ -289,6 +291,8 @@ def fig_gradpred_vs_eta(doc, path, lr):
             ax.plot(ls["eta"], floats(diffs), "o-", ms=2, lw=0.8, color=cm.viridis(s / max(1, steps[-1])))
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ls["eta"], [f"{e:g}" for e in ls["eta"]])
+        ax.minorticks_off()
         ax.set_xlabel("η'")
         ax.set_title(f"{LABELS[v]}: ||∇L(w-η'g) - g|| (colour: step 0 → {steps[-1]})", fontsize=9)
     _save(fig, path)
@@ -446,7 +450,9 @@ def report_markdown(doc, arrays, figures):
         f"Command: `{cfg['command']}`  ",
         f"Machine: {env['platform']}, {env['processor']}, {env['cpu_count']} cores, Python {env['python']}, "
         f"NumPy {env['numpy']}, backend `{cfg['backend']}`  ",
-        f"Wall time of the whole study: {cfg['wall_s'] / 60:.1f} min", "",
+        f"Time: the runs' wall times (training with instruments and evaluations) add up to "
+        f"{sum(r['wall_s'] for r in doc['runs'].values()) / 60:.0f} min; this invocation took {cfg['wall_s'] / 60:.1f} min "
+        f"(runs already finished are read back, not retrained)", "",
         f"Model: VGG `{cfg['config']}` at width {cfg['width']:g}, Glorot-uniform init; plain SGD (no momentum, no "
         f"weight decay), batch {cfg['batch']}, {cfg['steps']} steps, softmax cross-entropy; LR {cfg['lr']:g} "
         f"(E1 also {cfg['lr_high']:g}, E3 also {cfg['lr_low']:g}); seed {cfg['seed']}. Accuracy in eval mode "
