@@ -15,7 +15,6 @@ the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`).
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -23,6 +22,7 @@ from minibn import backend, io, models, nn, train
 from minibn.data.synthetic import linear_regression
 from minibn.measure import hessian, ics, landscape, moments
 from minibn.optim import SGD
+from minibn.studies import common
 
 VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
 
@@ -156,17 +156,9 @@ def validate(args):
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    try:
-        backend.get(args.backend)
-    except (backend.BackendUnavailable, ValueError) as err:
-        raise ValueError(f"--backend {args.backend}: {err}") from None
+    common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        io.write_text(os.path.join(args.out, ".writable"), "")
-        os.unlink(os.path.join(args.out, ".writable"))
-    except OSError as err:
-        raise ValueError(f"--out {args.out} is not a writable folder: {err}") from None
+    common.check_writable_dir(args.out)
 
 
 def build_config(args):
@@ -184,17 +176,6 @@ def build_config(args):
     cfg["seeds"] = list(range(args.seed, args.seed + args.seeds))
     cfg["backend"] = args.backend
     return cfg
-
-
-def environment():
-    import numpy
-    import scipy
-
-    import minibn
-
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "minibn": minibn.__version__, "platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count()}
 
 
 def main(argv=None):
@@ -226,7 +207,7 @@ def main(argv=None):
     from minibn.studies import dln_report
 
     doc = {"study": "dln", "preset": args.preset,
-           "config": {**cfg, "environment": environment(), "command": "python -m minibn.studies.dln " + " ".join(argv or sys.argv[1:]),
+           "config": {**cfg, "environment": common.environment(), "command": "python -m minibn.studies.dln " + " ".join(argv or sys.argv[1:]),
                       "wall_s": total},
            "runs": results}
     dln_report.write_all(args.out, doc, figures=not args.no_report)

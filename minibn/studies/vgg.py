@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import math
 import os
-import platform
 import sys
 import time
 
@@ -37,6 +36,7 @@ from minibn import backend, io, models, nn, train
 from minibn.data import cifar10
 from minibn.measure import ics, landscape, moments
 from minibn.optim import SGD
+from minibn.studies import common
 
 VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf", "standard_noisy")
 NORM_OF = {"standard": None, "standard_noisy": "noise"}  # the others are models.vgg's norm names
@@ -281,10 +281,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    try:
-        backend.get(args.backend)
-    except (backend.BackendUnavailable, ValueError) as err:
-        raise ValueError(f"--backend {args.backend}: {err}") from None
+    common.check_backend(args.backend)
     try:
         args.data_dir = cifar10.locate(args.data_dir)
     except cifar10.CIFARDataError as err:
@@ -296,12 +293,7 @@ def validate(args):
         if not args.only or unknown:
             raise ValueError(f"--only: {unknown or 'no run'} not in the plan of these experiments: {', '.join(planned)}")
     args.out = args.out or os.path.join("runs", f"vgg-{args.preset}")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        io.write_text(os.path.join(args.out, ".writable"), "")
-        os.unlink(os.path.join(args.out, ".writable"))
-    except OSError as err:
-        raise ValueError(f"--out {args.out} is not a writable folder: {err}") from None
+    common.check_writable_dir(args.out)
 
 
 def build_config(args):
@@ -312,16 +304,6 @@ def build_config(args):
     cfg.update(preset=args.preset, seed=args.seed, backend=args.backend, data_dir=os.path.abspath(str(args.data_dir)),
                eta_multipliers=ETA_MULTIPLIERS)
     return cfg
-
-
-def environment():
-    import numpy
-
-    import minibn
-
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "minibn": minibn.__version__,
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
 
 
 def main(argv=None):
@@ -353,7 +335,7 @@ def main(argv=None):
     from minibn.studies import _vgg_figures
 
     doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
-           "config": {**cfg, "environment": environment(),
+           "config": {**cfg, "environment": common.environment(),
                       "command": "python -m minibn.studies.vgg " + " ".join(argv),
                       "wall_s": time.perf_counter() - started},
            "runs": results}
