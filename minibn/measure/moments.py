@@ -18,6 +18,11 @@ For one unit per layer, drawn once from ``seed``, its signed mean and variance
 step, so a resumed run draws the same), for ridge and violin plots. With
 ``per_unit=True`` every unit's mean and variance are kept as well.
 
+``mode="train"`` runs that forward pass as a training step would (noisy BN's and the
+injected noise's draws are in the distribution, as the paper's Fig 2 shows them) and puts
+the model's state (running statistics, noise generators) back afterwards, so the run is
+not disturbed: the draws seen are the very ones the step that follows will use.
+
 Cost: one forward pass up to the deepest chosen layer; no backward.
 """
 
@@ -33,17 +38,25 @@ def _avg_abs_diff(a, b):
     return json_float(abs(a - b).mean())
 
 
-def layer_inputs(model, x, layers):
-    """``{l: input of layer l}`` for the layer indices ``layers``, by a probe-mode forward pass."""
+def layer_inputs(model, x, layers, mode="probe"):
+    """``{l: input of layer l}`` for the layer indices ``layers``, by a forward pass in ``mode``
+    ("probe", or "train" with the model's state restored afterwards)."""
+    if mode not in ("probe", "train"):
+        raise ValueError(f"layer_inputs: mode must be 'probe' or 'train', got {mode!r}")
     wanted = set(layers)
     inputs, h = {}, x
-    with Snapshot(model):
-        for index, layer in enumerate(model):
-            if index in wanted:
-                inputs[index] = h
-            if len(inputs) == len(wanted):
-                break
-            h = layer.forward(h, "probe")
+    saved = model.state() if mode == "train" else None
+    try:
+        with Snapshot(model):
+            for index, layer in enumerate(model):
+                if index in wanted:
+                    inputs[index] = h
+                if len(inputs) == len(wanted):
+                    break
+                h = layer.forward(h, mode)
+    finally:
+        if saved is not None:
+            model.load_state(saved)
     return inputs
 
 
@@ -57,14 +70,16 @@ class MomentsRecorder:
 
     SERIES = ("mean_change", "var_change", "mean_drift", "var_drift", "unit_mean", "unit_var", "samples")
 
-    def __init__(self, layers, every=100, n_samples=256, seed=0, *, per_unit=False, name="moments"):
+    def __init__(self, layers, every=100, n_samples=256, seed=0, *, per_unit=False, mode="probe", name="moments"):
         self.layers = [int(l) for l in layers]
         if not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
             raise ValueError(f"MomentsRecorder: layers must be distinct non-negative layer indices, got {layers!r}")
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"MomentsRecorder: n_samples must be a positive integer, got {n_samples!r}")
         self.every, self.n_samples, self.seed = check_every("MomentsRecorder", every), int(n_samples), int(seed)
-        self.per_unit, self.name = per_unit, name
+        if mode not in ("probe", "train"):
+            raise ValueError(f"MomentsRecorder: mode must be 'probe' or 'train', got {mode!r}")
+        self.per_unit, self.mode, self.name = per_unit, mode, name
         self.steps, self.series = [], {}
         self.first, self.last = {}, {}  # host (mean, var) arrays per layer, for drifts and changes
 
@@ -76,7 +91,7 @@ class MomentsRecorder:
     def __call__(self, step, model, x, target, optimizer):
         if max(self.layers) >= len(model):
             raise ValueError(f"MomentsRecorder: layer index {max(self.layers)} out of range for a model of {len(model)} layers")
-        inputs = layer_inputs(model, x, self.layers)
+        inputs = layer_inputs(model, x, self.layers, self.mode)
         if not self.series:
             units = self._units(inputs)
             self.series = {str(l): {"unit": units[l], **{k: [] for k in self.SERIES},

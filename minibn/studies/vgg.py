@@ -100,36 +100,6 @@ def preactivation_layers(model):
     return [min(r for r in relus if r > c) for c in conv_layers(model)]
 
 
-class TrainModeMoments(moments.MomentsRecorder):
-    """:class:`~minibn.measure.moments.MomentsRecorder` of the activations as a *training* step
-    sees them: the forward runs in "train" mode, so noisy BN's and the injected noise's draws
-    are in the distribution (the paper's Fig 2 shows them), and the model's state (running
-    statistics, noise generators) is put back afterwards, so training is not disturbed. The
-    draws seen are the very ones the step that follows will use."""
-
-    def __call__(self, step, model, x, target, optimizer):
-        saved = model.state()
-        probe_inputs = moments.layer_inputs
-        moments.layer_inputs = _train_mode_inputs
-        try:
-            super().__call__(step, model, x, target, optimizer)
-        finally:
-            moments.layer_inputs = probe_inputs
-            model.load_state(saved)
-
-
-def _train_mode_inputs(model, x, layers):
-    wanted, inputs, h = set(layers), {}, x
-    with moments.Snapshot(model):
-        for index, layer in enumerate(model):
-            if index in wanted:
-                inputs[index] = h
-            if len(inputs) == len(wanted):
-                break
-            h = layer.forward(h, "train")
-    return inputs
-
-
 def accuracy(model, x, labels, chunk=500):
     """Eval-mode (running statistics, no noise) accuracy and mean cross-entropy over ``x``."""
     correct, total_loss = 0, 0.0
@@ -188,8 +158,9 @@ def run_one(job):
         return {"train_acc": train_acc, "test_acc": test_acc, "train_loss": train_loss, "test_loss": test_loss}
 
     lr, every = spec["lr"], cfg["measure_every"]
-    callbacks = [TrainModeMoments(preactivation_layers(model), every=every, n_samples=cfg["moment_samples"],
-                                  seed=cfg["seed"])]
+    # train mode: the activation distributions show the noise, as the paper's Fig 2 does
+    callbacks = [moments.MomentsRecorder(preactivation_layers(model), every=every, n_samples=cfg["moment_samples"],
+                                         seed=cfg["seed"], mode="train")]
     if spec["ics"]:
         callbacks.append(ics.ICSRecorder(loss_fn, every=every))
     if spec["landscape"]:

@@ -125,3 +125,8 @@ def test_bad_arguments():
     rec = moments.MomentsRecorder([99])
     with pytest.raises(ValueError, match="layer index 99 out of range"):
         rec(0, stateful_net(), *batch(8, 2), None)
+
+
+def test_mode_must_be_probe_or_train():
+    with pytest.raises(ValueError, match="mode must be 'probe' or 'train', got 'eval'"):
+        moments.MomentsRecorder([1], mode="eval")

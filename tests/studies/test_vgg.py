@@ -132,7 +132,7 @@ def test_train_mode_moments_see_the_noise_and_leave_the_model_untouched():
     x = backend.rng(2).standard_normal((8, 8, 8, 3)).astype("float32")
     layers = vgg.preactivation_layers(model)
     before_state, before_params = json.dumps(io.jsonable(model.state())), model.flat_params().copy()
-    trained = vgg.TrainModeMoments(layers, every=1, n_samples=16, seed=0)
+    trained = moments.MomentsRecorder(layers, every=1, n_samples=16, seed=0, mode="train")
     trained(0, model, x, None, None)
     assert json.dumps(io.jsonable(model.state())) == before_state  # noise generators, running statistics
     assert np.array_equal(model.flat_params(), before_params)
@@ -141,4 +141,3 @@ def test_train_mode_moments_see_the_noise_and_leave_the_model_untouched():
     noisy_mean = trained.result()["layers"][str(layers[0])]["unit_mean"][0]
     clean_mean = probed.result()["layers"][str(layers[0])]["unit_mean"][0]
     assert abs(clean_mean) < 1e-5 and abs(noisy_mean) > 1e-3  # BN's output is centred; the noise shifts it
-    assert moments.layer_inputs is not vgg._train_mode_inputs  # the probe-mode helper is put back
