@@ -43,7 +43,7 @@ import os
 import sys
 import time
 
-from minibn import backend
+from minibn import backend, io
 
 FORMAT = "minibn-checkpoint-1"
 
@@ -128,18 +128,10 @@ def _unpack(obj, arrays):
 
 def save_checkpoint(path, payload):
     """Write ``payload`` (dicts, lists, scalars, arrays) to ``path`` atomically (creating its folder)."""
-    host = backend.host
     arrays = {}
     meta = json.dumps(_pack(payload, arrays, ""))
-    arrays["__meta__"] = host.frombuffer(meta.encode("utf-8"), dtype=host.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        host.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    arrays["__meta__"] = backend.host.frombuffer(meta.encode("utf-8"), dtype=backend.host.uint8)
+    io.write_npz(path, **arrays)
 
 
 def load_checkpoint(path):
