@@ -266,15 +266,18 @@ def fig_activations(doc, path):
 
 
 # --- assembly -------------------------------------------------------------------------------
+RAW_PROBES = ("loss", "grad_diff", "beta")  # per measurement point and eta': too big for results.json
+
+
 def split_arrays(doc):
-    """Move the big per-step arrays (raw per-eta probes, activation samples) into an npz dict."""
+    """The raw per-eta' probe values of every run as (points, grid) arrays for results.npz."""
     arrays = {}
     for name, run in doc["runs"].items():
         ls = run.get("landscape") or {}
-        for key in ("loss", "grad_diff", "beta"):
+        grid = len(ls.get("eta", []))
+        for key in RAW_PROBES:
             if key in ls:
-                arrays[f"{name}/{key}"] = report.floats([v for row in ls[key] for v in row]).reshape(len(ls[key]), -1) \
-                    if ls[key] else np.zeros((0, len(ls.get("eta", []))))
+                arrays[f"{name}/{key}"] = report.floats([v for row in ls[key] for v in row]).reshape(-1, grid)
     return arrays
 
 
@@ -282,7 +285,7 @@ def write_all(out, doc, figures=True):
     """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md."""
     arrays = split_arrays(doc)
     slim = {**doc, "runs": {n: {**r, "landscape": {k: v for k, v in (r.get("landscape") or {}).items()
-                                                   if k not in ("loss", "grad_diff", "beta")}}
+                                                   if k not in RAW_PROBES}}
                             for n, r in doc["runs"].items()}}
     io.write_json(os.path.join(out, "results.json"), slim)
     if arrays:
