@@ -1,0 +1,61 @@
+"""Time one full-batch gradient-descent step of the paper's 25-layer DLN, per variant.
+
+    python benchmarks/bench_dln.py [--backend numpy|cupy] [--steps 300] [--variants ...]
+
+Prints wall and CPU milliseconds per step (forward, summed squared error, backward, SGD
+update) for each normalization variant, and what 10,000 such steps cost: the training part
+of one run of `python -m minibn.studies.dln` (the instruments add about a third more).
+"""
+
+import argparse
+import time
+
+from minibn import backend, models, nn
+from minibn.data.synthetic import linear_regression
+from minibn.optim import SGD
+
+VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
+
+
+def loss_fn(pred, target):
+    return nn.squared_error(pred, target, reduction="sum")
+
+
+def time_variant(variant, backend_name, steps, warmup=20):
+    xp = backend.get(backend_name)
+    rng = backend.rng(0)
+    X, Y, _ = linear_regression(rng=rng)
+    model = models.dln(norm=None if variant == "standard" else variant, rng=rng).to(backend_name)
+    X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
+    optimizer = SGD(model, 1e-6)
+    for _ in range(warmup):
+        model.value_and_grad(loss_fn, X, Y)
+        optimizer.step()
+    backend.synchronize(xp)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        model.value_and_grad(loss_fn, X, Y)
+        optimizer.step()
+    backend.synchronize(xp)
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="numpy")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = p.parse_args()
+    try:
+        load = " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        load = "unknown"
+    print(f"DLN step, 25 x Dense(10, 10), 1000 samples, float64, backend {args.backend}; load average {load}")
+    print(f"{'variant':>10} {'wall ms':>9} {'CPU ms':>8} {'10k steps, s':>13}")
+    for variant in args.variants:
+        wall, cpu = time_variant(variant, args.backend, args.steps)
+        print(f"{variant:>10} {wall * 1e3:9.3f} {cpu * 1e3:8.3f} {wall * 1e4:13.1f}")
+
+
+if __name__ == "__main__":
+    main()
