@@ -152,9 +152,9 @@ def _finite_or_none(value):
 def _progress_bar(progress, total, initial):
     from tqdm import tqdm
 
-    enabled = sys.stderr.isatty() if progress is None or isinstance(progress, str) else bool(progress)
-    desc = progress if isinstance(progress, str) else None
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    options = progress if isinstance(progress, dict) else {"desc": progress} if isinstance(progress, str) else {}
+    enabled = sys.stderr.isatty() if progress is None or options else bool(progress)
+    return tqdm(total=total, initial=initial, disable=not enabled, file=sys.stderr, dynamic_ncols=True, **options)
 
 
 def _check_positive(arg, value, allow_none=True):
@@ -170,7 +170,8 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
     """Train ``model`` for ``steps`` updates; see the module docstring. Returns the results dict.
 
     ``loss_fn(out, target) -> (loss, dout)``; ``progress``: None (a bar when stderr is a
-    terminal), a string (the bar's label, same rule), True or False (force). With
+    terminal), a string (the bar's label, same rule), a dict of tqdm options (``desc``,
+    ``position``, ...; same rule), True or False (force). With
     ``resume=True`` and an existing ``checkpoint`` file, the run continues from it (a
     finished or diverged run just returns its results); the callbacks must be the same.
     """

@@ -63,6 +63,14 @@ def moment_layer_indices(model, blocks):
     return out
 
 
+def _worker_slot():
+    """1, 2, ... in a pool's worker processes (0 in the main process): each run's bar gets its own line."""
+    import multiprocessing
+
+    identity = multiprocessing.current_process()._identity
+    return identity[0] if identity else 0
+
+
 def run_one(spec):
     """Train one configuration with the instruments attached; returns its result dict."""
     if spec.get("blas_threads_hint"):
@@ -91,7 +99,8 @@ def run_one(spec):
     start, start_cpu = time.perf_counter(), time.process_time()
     out = train.train(model, loss_fn, train.FullBatch(X, Y), SGD(model, lr), cfg["steps"], callbacks=callbacks,
                       log_every=cfg["log_every"], checkpoint=os.path.join(folder, "checkpoint.npz"),
-                      checkpoint_every=cfg["checkpoint_every"], resume=spec["resume"], progress=name)
+                      checkpoint_every=cfg["checkpoint_every"], resume=spec["resume"],
+                      progress={"desc": name, "position": _worker_slot(), "leave": False})
     top = None
     if out["diverged_at"] is None:
         top = hessian.top_eigenvalue(model, loss_fn, X, Y, method="power", iterations=cfg["hessian_iterations"],
