@@ -55,8 +55,11 @@ def range_band(ax, x, lo, hi, label, color=None, log=True):
     return band
 
 
-def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60):
-    """A ridge plot: one histogram outline per measured step, stacked upwards (step 0 at the bottom)."""
+def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60, max_ridges=11):
+    """A ridge plot: one histogram outline per measured step, stacked upwards (step 0 at the bottom);
+    at most ``max_ridges`` evenly spaced steps (the first and last included), so ridges stay legible."""
+    keep = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), max_ridges)).round().astype(int))
+    samples_by_step, steps = [samples_by_step[i] for i in keep], [steps[i] for i in keep]
     finite = [np.asarray(s, dtype=float)[np.isfinite(np.asarray(s, dtype=float))] for s in samples_by_step]
     allv = np.concatenate([f for f in finite if f.size] or [np.zeros(1)])
     lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size > 1 else (allv.min() - 1, allv.max() + 1)

@@ -221,8 +221,7 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
             rows = samples(run, layer, arrays, run_name_of(doc, run))
-            keep = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 11)).round().astype(int))
-            report.ridge(ax, list(rows[keep]), [steps[i] for i in keep], color=COLORS[v], bins=25)
+            report.ridge(ax, list(rows), steps, color=COLORS[v], bins=25)
             ax.set_title(f"{LABELS[v]}, layer {layer}", fontsize=9)
     _save(fig, path)
 
