@@ -10,6 +10,12 @@ import os
 import tempfile
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write, mode):
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
@@ -20,6 +26,7 @@ def _atomic(path, write, mode):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to their writer
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

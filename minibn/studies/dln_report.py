@@ -272,16 +272,18 @@ def fig_gradpred_vs_eta(doc, arrays, path):
     report.close(fig)
 
 
-def fig_activations(doc, path):
+def fig_activations(doc, arrays, path):
     groups, lr = runs_by(doc), lrs_of(doc)[0]
     variants = [v for v in COLORS if (v, lr) in groups]
     blocks = list(groups[(variants[0], lr)][0]["moments"]["blocks"])
     fig, axes = report.new_figure(len(variants), len(blocks), width=2.6, height=2.6)
     for r, variant in enumerate(variants):
-        mom = groups[(variant, lr)][0]["moments"]
+        run = groups[(variant, lr)][0]
+        name = next(n for n, x in doc["runs"].items() if x is run)
         for c, block in enumerate(blocks):
             ax = axes[r][c]
-            report.ridge(ax, mom["blocks"][block]["samples"], mom["steps"], color=COLORS[variant])
+            report.ridge(ax, list(arrays[f"{name}/moments/{block}/samples"]), run["moments"]["steps"],
+                         color=COLORS[variant])
             ax.set_title(f"{variant}: layer {block}", fontsize=8)
     io.write_figure(path, fig)
     report.close(fig)
@@ -292,23 +294,31 @@ RAW_PROBES = ("loss", "grad_diff", "beta")  # per measurement point and eta': to
 
 
 def split_arrays(doc):
-    """The raw per-eta' probe values of every run as (points, grid) arrays for results.npz."""
-    arrays = {}
+    """Move what is too big for results.json into (points, ...) arrays for results.npz: the raw
+    per-eta' probe values (``NAME/loss``, ...) and the activation samples of each moment block
+    (``NAME/moments/BLOCK/samples``). Returns ``(slim_doc, arrays)``."""
+    arrays, runs = {}, {}
     for name, run in doc["runs"].items():
-        ls = run.get("landscape") or {}
+        ls = dict(run.get("landscape") or {})
         grid = len(ls.get("eta", []))
         for key in RAW_PROBES:
             if key in ls:
-                arrays[f"{name}/{key}"] = report.floats([v for row in ls[key] for v in row]).reshape(-1, grid)
-    return arrays
+                arrays[f"{name}/{key}"] = report.floats([v for row in ls.pop(key) for v in row]).reshape(-1, grid)
+        mom = run.get("moments") or {}
+        blocks = {}
+        for block, rec in (mom.get("blocks") or {}).items():
+            rec = dict(rec)
+            if "samples" in rec:
+                arrays[f"{name}/moments/{block}/samples"] = backend.host.array(
+                    [report.floats(row) for row in rec.pop("samples")]).reshape(len(mom["steps"]), -1)
+            blocks[block] = rec
+        runs[name] = {**run, "landscape": ls, "moments": {**mom, "blocks": blocks}}
+    return {**doc, "runs": runs}, arrays
 
 
 def write_all(out, doc, figures=True):
     """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md."""
-    arrays = split_arrays(doc)
-    slim = {**doc, "runs": {n: {**r, "landscape": {k: v for k, v in (r.get("landscape") or {}).items()
-                                                   if k not in RAW_PROBES}}
-                            for n, r in doc["runs"].items()}}
+    slim, arrays = split_arrays(doc)
     io.write_json(os.path.join(out, "results.json"), slim)
     if arrays:
         io.write_npz(os.path.join(out, "results.npz"), **arrays)
@@ -325,7 +335,7 @@ def write_figures_and_report(out, doc, arrays):
         lp = [v for v in ("standard", "batchnorm", "l1", "l2", "linf")]
         fig_landscape(doc, os.path.join(out, "fig10_landscape_lp.png"), lp, lrs=lrs_of(doc)[:1])
         fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
-        fig_activations(doc, os.path.join(out, "fig13_activations.png"))
+        fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
     io.write_text(os.path.join(out, "report.md"), report_markdown(doc))
 
 
@@ -361,8 +371,10 @@ def report_markdown(doc):
         f"layers; seeds {cfg['seeds']}.", "",
         f"Command: `{cfg.get('command', '')}`  ",
         f"Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, backend {cfg['backend']}; "
-        f"python {env.get('python', '?')}, numpy {env.get('numpy', '?')}. Wall time of the whole study: "
-        f"{cfg.get('wall_s', math.nan):.1f} s.", "",
+        f"python {env.get('python', '?')}, numpy {env.get('numpy', '?')}. This invocation took "
+        f"{cfg.get('wall_s', math.nan):.1f} s (runs finished earlier and kept by --resume are read back, not "
+        f"retrained); the runs' own wall times add up to {sum(r.get('wall_s', 0) for r in doc['runs'].values()):.0f} s "
+        f"and their CPU times to {sum(r.get('cpu_s', 0) for r in doc['runs'].values()):.0f} s.", "",
         "## Runs", "",
         "lambda_max is the top Hessian eigenvalue of the final weights (power iteration on Hessian-vector "
         "products); lambda_max * LR / 2 near 1 means gradient descent sits at the edge of stability.", "",

@@ -63,7 +63,14 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
     import numpy as np
 
     arrays = np.load(smoke / "results.npz")
-    assert any(k.endswith("/grad_diff") for k in arrays.files)
+    doc = io.read_json(smoke / "results.json")
+    for name, run in doc["runs"].items():
+        points = len(run["landscape"]["steps"])
+        assert arrays[f"{name}/grad_diff"].shape == (points, len(run["landscape"]["eta"]))
+        for block in map(str, dln.PRESETS["smoke"]["moment_layers"]):
+            assert arrays[f"{name}/moments/{block}/samples"].shape == (len(run["moments"]["steps"]),
+                                                                       dln.PRESETS["smoke"]["moment_samples"])
+            assert "samples" not in run["moments"]["blocks"][block]  # kept out of results.json
 
 
 def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
