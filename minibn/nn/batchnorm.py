@@ -117,28 +117,29 @@ def backward_staged(dy, cache):
     return dx.reshape(shape), grads
 
 
-class BatchNorm(Layer):
-    """``BatchNorm(num_features, eps=1e-5, momentum=0.1)``: params ``"gamma"`` (=1), ``"beta"`` (=0).
-
-    State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
-    """
+class AffineNorm(Layer):
+    """The frame shared by the per-channel normalizations (BatchNorm, LpNorm): argument checks,
+    params ``"gamma"`` (=1) and ``"beta"`` (=0), the state ``buffers`` (a running mean (=0) and a
+    running spread statistic (=1)), and the input check of every mode."""
 
     buffers = ("running_mean", "running_var")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):
         super().__init__()
+        name = type(self).__name__
         if int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"{type(self).__name__}: num_features must be a positive integer, got {num_features!r}")
+            raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
         if eps < 0:
-            raise ValueError(f"{type(self).__name__}: eps must be >= 0, got {eps!r}")
+            raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must lie in [0, 1], got {momentum!r}")
+            raise ValueError(f"{name}: momentum must lie in [0, 1], got {momentum!r}")
         xp = backend.get(xp or "numpy")
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
         self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)
         self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
-        self.running_mean = xp.zeros(self.num_features, dtype=dtype)
-        self.running_var = xp.ones(self.num_features, dtype=dtype)
+        mean, spread = self.buffers
+        setattr(self, mean, xp.zeros(self.num_features, dtype=dtype))
+        setattr(self, spread, xp.ones(self.num_features, dtype=dtype))
 
     def describe(self):
         return f"{type(self).__name__}({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g})"
@@ -150,6 +151,13 @@ class BatchNorm(Layer):
                 f"{self.describe()}: batch statistics need at least 2 values per channel, "
                 f"got input of shape {tuple(x.shape)}"
             )
+
+
+class BatchNorm(AffineNorm):
+    """``BatchNorm(num_features, eps=1e-5, momentum=0.1)``: params ``"gamma"`` (=1), ``"beta"`` (=0).
+
+    State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
+    """
 
     def _normalize(self, x, mode):
         """The BN output and cache; updates the running statistics in train mode."""

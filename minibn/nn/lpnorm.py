@@ -36,8 +36,7 @@ import math
 import numbers
 
 from minibn import backend
-from minibn.nn.batchnorm import column_sums
-from minibn.nn.layer import Layer, LayerError, check_input
+from minibn.nn.batchnorm import AffineNorm, column_sums
 
 PS = (1, 2, math.inf)
 
@@ -112,7 +111,7 @@ def backward(dz, cache):
     return dy.reshape(shape), {"gamma": dgamma, "beta": dbeta}
 
 
-class LpNorm(Layer):
+class LpNorm(AffineNorm):
     """``LpNorm(num_features, p, eps=1e-5, momentum=0.1, *, dtype="float32")``, p in {1, 2, inf}.
 
     Params ``"gamma"`` (=1), ``"beta"`` (=0); state ``running_mean`` (=0), ``running_norm`` (=1).
@@ -121,29 +120,14 @@ class LpNorm(Layer):
     buffers = ("running_mean", "running_norm")
 
     def __init__(self, num_features, p, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):
-        super().__init__()
-        if int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"LpNorm: num_features must be a positive integer, got {num_features!r}")
-        if eps < 0:
-            raise ValueError(f"LpNorm: eps must be >= 0, got {eps!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"LpNorm: momentum must lie in [0, 1], got {momentum!r}")
         self.p = parse_p(p)
-        xp = backend.get(xp or "numpy")
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)
-        self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
-        self.running_mean = xp.zeros(self.num_features, dtype=dtype)
-        self.running_norm = xp.ones(self.num_features, dtype=dtype)
+        super().__init__(num_features, eps, momentum, dtype=dtype, xp=xp)
 
     def describe(self):
         return f"LpNorm({self.num_features}, p={self.p}, eps={self.eps:g}, momentum={self.momentum:g})"
 
     def _forward(self, y, mode):
-        check_input(self, "x", y, ndims=(2, 4), last_dim=self.num_features, dtype=self.params["gamma"].dtype)
-        if mode != "eval" and math.prod(y.shape[:-1]) < 2:
-            raise LayerError(f"{self.describe()}: batch statistics need at least 2 values per channel, "
-                             f"got input of shape {tuple(y.shape)}")
+        self._check(y, mode)
         g, b = self.params["gamma"], self.params["beta"]
         if mode == "eval":
             z, cache, _ = forward(y, g, b, self.p, self.eps, self.running_mean, self.running_norm)
