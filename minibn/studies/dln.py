@@ -73,8 +73,6 @@ def _worker_slot():
 
 def run_one(spec):
     """Train one configuration with the instruments attached; returns its result dict."""
-    if spec.get("blas_threads_hint"):
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     cfg, name = spec["config"], spec["name"]
     folder = os.path.join(spec["out"], "runs", name)
     done = os.path.join(folder, "result.json")
@@ -201,7 +199,7 @@ def main(argv=None):
                      f"use the same options or another --out")
     io.write_json(config_path, cfg)
     specs = [{"name": run_name(v, lr, s), "variant": v, "lr": lr, "seed": s, "config": cfg, "out": args.out,
-              "resume": args.resume, "blas_threads_hint": args.jobs > 1}
+              "resume": args.resume}
              for s in cfg["seeds"] for v, lr in cfg["runs"]]
     print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
           f"{args.jobs} at a time -> {args.out}", flush=True)
@@ -240,7 +238,8 @@ def run_all(specs, jobs):
     else:
         import multiprocessing
 
-        os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", "1")
+        # the spawned workers inherit this before they import NumPy: one BLAS thread each
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         pool = multiprocessing.get_context("spawn").Pool(jobs)
         try:
             for result in pool.imap_unordered(run_one, order):
