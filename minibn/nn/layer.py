@@ -22,9 +22,11 @@ class LayerError(ValueError):
     """Bad input to a layer: the message names the layer, the argument and the shapes."""
 
 
-def check_mode(layer_name, mode):
+def check_mode(layer, mode):
+    """Raise a LayerError naming ``layer`` (a Layer or a name) unless ``mode`` is one of MODES."""
     if mode not in MODES:
-        raise LayerError(f"{layer_name}: mode must be one of {MODES}, got {mode!r}")
+        name = layer if isinstance(layer, str) else layer.describe()
+        raise LayerError(f"{name}: mode must be one of {MODES}, got {mode!r}")
 
 
 def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None, dtype_of="the layer's parameters"):
@@ -95,7 +97,7 @@ class Layer:
         return None
 
     def forward(self, x, mode="train"):
-        check_mode(self.describe(), mode)
+        check_mode(self, mode)
         y, self._cache = self._forward(x, mode)
         self._out_shape, self._out_dtype = y.shape, y.dtype
         return y
@@ -199,7 +201,7 @@ class Sequential(Layer):
         return None
 
     def forward(self, x, mode="train"):
-        check_mode(self.describe(), mode)
+        check_mode(self, mode)
         for layer in self.layers:
             x = layer.forward(x, mode)
         return x
