@@ -22,7 +22,20 @@ from minibn.measure.moments import MomentsRecorder
 STEPS, CHECKPOINT_EVERY = 30, 5
 
 
-class Pause:
+class StatelessCallback:
+    """A callback that records nothing: the train-loop protocol's result/state/load_state."""
+
+    def result(self):
+        return {}
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
+class Pause(StatelessCallback):
     """Stops the run at one step (creates ``marker``, then sleeps) so a test can kill it there."""
 
     name, every = "pause", 1
@@ -35,15 +48,6 @@ class Pause:
             with open(self.marker, "w"):
                 pass
             time.sleep(600)
-
-    def result(self):
-        return {}
-
-    def state(self):
-        return {}
-
-    def load_state(self, state):
-        pass
 
 
 def loss_fn(out, target):

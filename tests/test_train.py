@@ -40,7 +40,7 @@ class Spy:
         self.calls = [tuple(c) for c in state["calls"]]
 
 
-class Crash:
+class Crash(_killable_run.StatelessCallback):
     name, every = "crash", 1
 
     def __init__(self, at):
@@ -49,15 +49,6 @@ class Crash:
     def __call__(self, step, *args):
         if step == self.at:
             raise KeyboardInterrupt
-
-    def result(self):
-        return {}
-
-    def state(self):
-        return {}
-
-    def load_state(self, state):
-        pass
 
 
 def dln_problem(norm="batchnorm", depth=4, lr=1e-3):
