@@ -34,16 +34,22 @@ def _atomic(path, write, mode):
         raise
 
 
+def json_float(value):
+    """``float(value)``, or ``None`` when it is NaN or infinite (JSON has no such numbers)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def jsonable(value):
-    """Plain JSON types; non-finite floats become the strings "nan", "inf", "-inf"."""
+    """Plain JSON types; non-finite floats become ``None`` (null), as :func:`json_float` writes them."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, float):
+        return json_float(value)
     return value
 
 

@@ -1,8 +1,8 @@
 """Figures and markdown from result files (matplotlib with the Agg backend).
 
 Studies call these on the plain lists of their ``results.json``; nothing here
-computes a measurement. Values may contain the strings "nan"/"inf" that
-:func:`minibn.io.jsonable` writes for non-finite floats: :func:`floats` reads them back.
+computes a measurement. Non-finite values are stored as ``None`` (null);
+:func:`floats` reads them back as NaN.
 """
 
 import math
@@ -19,7 +19,7 @@ np = backend.host
 
 
 def floats(values):
-    """A float64 array from a list that may hold None, "nan", "inf" (all become floats, None -> nan)."""
+    """A float64 array from a list that may hold None (read as NaN)."""
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 

@@ -144,11 +144,6 @@ def load_checkpoint(path):
 
 # --- the loop --------------------------------------------------------------------
 
-def _finite_or_none(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _progress_bar(progress, total, initial):
     from tqdm import tqdm
 
@@ -214,7 +209,7 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
     def run_evaluate(s):
         results["eval_steps"].append(s)
         for metric, value in evaluate(model).items():
-            results["eval"].setdefault(metric, []).append(_finite_or_none(value))
+            results["eval"].setdefault(metric, []).append(io.json_float(value))
 
     def write_checkpoint(s):
         save_checkpoint(checkpoint, {
@@ -240,7 +235,7 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
                 finite = math.isfinite(loss)
                 if t % log_every == 0 or last or not finite:
                     results["steps"].append(t)
-                    results["loss"].append(_finite_or_none(loss))
+                    results["loss"].append(io.json_float(loss))
                 if not finite:
                     results["diverged_at"] = t
                     break

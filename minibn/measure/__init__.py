@@ -15,7 +15,7 @@ comes as a callback for :func:`minibn.train.train` (``name``, ``every``,
 ``None`` (JSON ``null``); see docs/instruments.md.
 """
 
-import math
+from minibn.io import json_float  # noqa: F401  (the instruments' one rule for non-finite values)
 
 
 class Snapshot:
@@ -49,12 +49,6 @@ class Snapshot:
     def __exit__(self, *exc):
         self.restore()
         return False
-
-
-def json_float(value):
-    """``float(value)``, or ``None`` when it is NaN or infinite (JSON has no such numbers)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def block_vector(model, block, source="grads"):
