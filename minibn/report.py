@@ -23,6 +23,20 @@ def floats(values):
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def window(steps, early=False):
+    """Indices of the measurement points after step 0; ``early``: only the first 20% of them (at
+    least one), protocol.md's "early in training" (at step 0 a network can sit on a flat plateau)."""
+    idx = [i for i, s in enumerate(steps) if s > 0]
+    return idx[:max(1, math.ceil(0.2 * len(idx)))] if early else idx
+
+
+def finite_median(values):
+    """The median of the finite entries of ``values`` (None and NaN skipped); NaN when there are none."""
+    a = floats(values)
+    a = a[np.isfinite(a)]
+    return float(np.median(a)) if a.size else math.nan
+
+
 def median_band(curves):
     """Median, min and max over curves of equal length (NaNs ignored where others are finite)."""
     stack = np.vstack([floats(c) for c in curves])

@@ -110,18 +110,8 @@ def final(run, key):
     return values[-1] if values else None
 
 
-def window(steps, early):
-    """Indices of the measurement points after step 0; ``early``: only the first 20% of them."""
-    idx = [i for i, s in enumerate(steps) if s > 0]
-    if early:
-        idx = idx[:max(1, math.ceil(0.2 * len(idx)))]
-    return idx
-
-
 def median_at(values, idx):
-    v = floats([values[i] for i in idx]) if idx else np.array([])
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else math.nan
+    return report.finite_median([values[i] for i in idx])
 
 
 def landscape_summary(run, early):
@@ -130,7 +120,7 @@ def landscape_summary(run, early):
     ls = run.get("landscape")
     if not ls:
         return None
-    idx = window(ls["steps"], early)
+    idx = report.window(ls["steps"], early)
     spread = [None if lo is None or hi is None else hi - lo for lo, hi in zip(ls["loss_min"], ls["loss_max"])]
     return {"loss_spread": median_at(spread, idx), "gradpred_max": median_at(ls["gradpred_max"], idx),
             "beta_eff": median_at(ls["beta_eff"], idx), "nonfinite": int(sum(ls.get("nonfinite") or [0]))}
@@ -141,7 +131,7 @@ def ics_summary(run):
     ic = run.get("ics")
     if not ic:
         return None
-    idx = window(ic["steps"], early=False)
+    idx = report.window(ic["steps"], early=False)
     cols = list(zip(*ic["l2"])) if ic["l2"] else []
     coss = list(zip(*ic["cos"])) if ic["cos"] else []
     return {"l2": [median_at(c, idx) for c in cols], "cos": [median_at(c, idx) for c in coss]}
@@ -367,7 +357,7 @@ def claims(doc, arrays):
             out.append(("E2: noisy BN, with unstable layer-input distributions, trains about as well as BN "
                         "(BN's advantage is not distributional stability)", measured, verdict(ok)))
             layers = scaled_layers(n_conv(doc), (2, 9, 13))
-            changes = {v: [median_at(moment_series(r, k)["mean_change"], window(r["moments"]["steps"], False))
+            changes = {v: [median_at(moment_series(r, k)["mean_change"], report.window(r["moments"]["steps"], False))
                            for k in layers] for v, r in (("standard", std), ("batchnorm", bn), ("noisy", noisy))}
             measured = "; ".join(f"{LABELS[v]} " + ", ".join(f"layer {k}: {fmt(c)}" for k, c in zip(layers, cs))
                                  for v, cs in changes.items())

@@ -27,22 +27,6 @@ np = backend.host
 ICS_LAYERS = (9, 17)
 
 
-def _finite_median(values):
-    a = report.floats(values)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else math.nan
-
-
-def _points_after_zero(steps):
-    return [i for i, s in enumerate(steps) if s > 0]
-
-
-def early_window(steps):
-    """Indices of the first 20% of measurement points after step 0 (at least one)."""
-    after = _points_after_zero(steps)
-    return after[:max(1, int(math.ceil(0.2 * len(after))))] if after else []
-
-
 def _final_loss(run):
     losses = report.floats(run["loss"])
     return float(losses[-1]) if losses.size else math.nan
@@ -65,7 +49,7 @@ def ics_summary(run, layers=None):
     """Per block (1-based): median over points after step 0 of l2 and cos; plus the fraction of cos < 0."""
     ics = run.get("ics") or {}
     steps = ics.get("steps", [])
-    idx = _points_after_zero(steps)
+    idx = report.window(steps)
     out = {}
     for j, layer in enumerate(ics.get("layers", [])):
         if layers is not None and layer not in layers:
@@ -73,7 +57,7 @@ def ics_summary(run, layers=None):
         l2 = [ics["l2"][i][j] for i in idx]
         cos = [ics["cos"][i][j] for i in idx]
         c = report.floats(cos)
-        out[layer] = {"l2": _finite_median(l2), "cos": _finite_median(cos),
+        out[layer] = {"l2": report.finite_median(l2), "cos": report.finite_median(cos),
                       "neg_cos_frac": float(np.mean(c[np.isfinite(c)] < 0)) if np.isfinite(c).any() else math.nan}
     return out
 
@@ -81,14 +65,14 @@ def ics_summary(run, layers=None):
 def landscape_summary(run, window="early"):
     ls = run.get("landscape") or {}
     steps = ls.get("steps", [])
-    idx = early_window(steps) if window == "early" else _points_after_zero(steps)
+    idx = report.window(steps, early=(window == "early"))
     lo, hi = report.floats(ls.get("loss_min", [])), report.floats(ls.get("loss_max", []))
     with np.errstate(all="ignore"):
         variation = np.log10(hi / lo)
     pick = lambda a: [a[i] for i in idx]  # noqa: E731
-    return {"loss_variation": _finite_median(pick(variation)),
-            "gradpred": _finite_median(pick(report.floats(ls.get("gradpred_max", [])))),
-            "beta_eff": _finite_median(pick(report.floats(ls.get("beta_eff", [])))),
+    return {"loss_variation": report.finite_median(pick(variation)),
+            "gradpred": report.finite_median(pick(report.floats(ls.get("gradpred_max", [])))),
+            "beta_eff": report.finite_median(pick(report.floats(ls.get("beta_eff", [])))),
             "nonfinite": int(sum(ls.get("nonfinite", []) or [0]))}
 
 
@@ -362,7 +346,7 @@ def report_markdown(doc):
     for (variant, lr), runs in groups.items():
         deep = [k for k in runs[0]["ics"]["layers"] if k >= 0.6 * max(runs[0]["ics"]["layers"])]
         fracs = [v["neg_cos_frac"] for r in runs for v in ics_summary(r, deep).values()]
-        eos.append([variant, f"{lr:g}", report.fmt(_finite_median(fracs), 2)])
+        eos.append([variant, f"{lr:g}", report.fmt(report.finite_median(fracs), 2)])
     lines = [
         f"# DLN study ({doc['preset']} preset)", "",
         "The paper's deep linear network experiments (protocol.md §1; E3, E4, E5 of §4): "

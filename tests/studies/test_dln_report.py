@@ -1,13 +1,15 @@
 """The DLN report's comparison rules on hand-made results, where the right answer is known."""
 
+from minibn import report
 from minibn.studies import dln_report
 
 
 def test_early_window_is_the_first_fifth_after_step_zero():
     steps = list(range(0, 1100, 100))  # 0, 100, ..., 1000: ten points after step 0
-    assert dln_report.early_window(steps) == [1, 2]
-    assert dln_report.early_window([0, 100]) == [1]
-    assert dln_report.early_window([0]) == []
+    assert report.window(steps, early=True) == [1, 2]
+    assert report.window(steps) == list(range(1, 11))
+    assert report.window([0, 100], early=True) == [1]
+    assert report.window([0], early=True) == []
 
 
 def _run(variant, seed, cos, l2, beta, final):
