@@ -188,16 +188,9 @@ def build_config(args):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    config_path = os.path.join(args.out, "config.json")
-    if args.resume and os.path.exists(config_path):
-        # Runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
-        # every other setting must match the runs already in the folder.
-        old, new = io.read_json(config_path), io.jsonable(cfg)
-        changed = sorted(k for k in set(old) | set(new) if k != "seeds" and old.get(k) != new.get(k))
-        if changed:
-            sys.exit(f"error: --resume with settings that differ from the study in {args.out} ({', '.join(changed)}); "
-                     f"use the same options or another --out")
-    io.write_json(config_path, cfg)
+    # Runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
+    # every other setting must match the runs already in the folder.
+    common.record_config(args.out, cfg, args.resume, may_change=("seeds",))
     specs = [{"name": run_name(v, lr, s), "variant": v, "lr": lr, "seed": s, "config": cfg, "out": args.out,
               "resume": args.resume}
              for s in cfg["seeds"] for v, lr in cfg["runs"]]
@@ -231,25 +224,9 @@ def run_all(specs, jobs):
     order = sorted(specs, key=lambda s: (s["seed"], s["variant"] == "standard"))
     results = {}
     bar = tqdm(total=len(order), desc="runs", disable=None)
-    if jobs == 1:
-        for spec in order:
-            results[spec["name"]] = run_one(spec)
-            bar.update()
-    else:
-        import multiprocessing
-
-        # the spawned workers inherit this before they import NumPy: one BLAS thread each
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        pool = multiprocessing.get_context("spawn").Pool(jobs)
-        try:
-            for result in pool.imap_unordered(run_one, order):
-                results[run_name(result["variant"], result["lr"], result["seed"])] = result
-                bar.update()
-        except BaseException:
-            pool.terminate()  # Ctrl-C or a failed run: stop the other workers now; checkpoints stay
-            raise
-        pool.close()
-        pool.join()
+    for spec, result in common.in_workers(run_one, order, jobs):
+        results[spec["name"]] = result
+        bar.update()
     bar.close()
     return {spec["name"]: results[spec["name"]] for spec in specs}
 

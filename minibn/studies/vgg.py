@@ -26,7 +26,6 @@ DIR/report.md (:mod:`minibn.studies._vgg_figures`).
 """
 
 import argparse
-import contextlib
 import math
 import os
 import sys
@@ -281,14 +280,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     cfg = build_config(args)
-    config_path = os.path.join(args.out, "config.json")
-    if args.resume and os.path.exists(config_path):
-        old, new = io.read_json(config_path), io.jsonable(cfg)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            sys.exit(f"error: --resume with settings that differ from the study in {args.out} ({', '.join(changed)}); "
-                     f"use the same options or another --out")
-    io.write_json(config_path, cfg)
+    common.record_config(args.out, cfg, args.resume)
     runs = plan(cfg, args.experiments)
     if args.only:
         runs = {name: spec for name, spec in runs.items() if name in args.only}
@@ -320,35 +312,11 @@ def run_all(jobs, workers):
     cost = {"noisy": 3, "standard_noisy": 2}
     order = sorted(jobs, key=lambda j: -(cost.get(j["spec"]["variant"], 1) + 2 * j["spec"]["ics"]))
     results = {}
-    if workers == 1 or len(order) == 1:
-        for job in order:
-            results[job["name"]] = run_one(job)
-    else:
-        import concurrent.futures as cf
-        import multiprocessing
-
-        with _one_blas_thread(), cf.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, job): job["name"] for job in order}
-            for fut in cf.as_completed(futures):
-                results[futures[fut]] = fut.result()
-                print(f"finished {futures[fut]} ({len(results)}/{len(order)})", flush=True)
+    for job, result in common.in_workers(run_one, order, workers):
+        results[job["name"]] = result
+        if workers > 1:
+            print(f"finished {job['name']} ({len(results)}/{len(order)})", flush=True)
     return {job["name"]: results[job["name"]] for job in jobs}
-
-
-@contextlib.contextmanager
-def _one_blas_thread():
-    """Spawned workers read OPENBLAS_NUM_THREADS at start: two BLAS threads per process on a
-    busy 2-core machine run several times slower than one."""
-    old = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    for k, v in old.items():
-        os.environ[k] = v or "1"
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
 
 
 if __name__ == "__main__":
