@@ -1,16 +1,15 @@
 """Model builders: the paper's CIFAR VGG and deep linear network (protocol.md §1).
 
 Both take ``norm``, the normalization inserted after each weight layer (before the
-ReLU in VGG): ``None``/"standard", "batchnorm", "noisy" (BN + Algorithm 1 noise),
-"noise" (the noise alone, for noise added to the standard net), "l1", "l2", "linf".
+ReLU in VGG): a name of :data:`minibn.nn.normalization.REGISTRY` ("standard" or None,
+"batchnorm", "noisy" (BN + Algorithm 1 noise), "standard_noisy" (the noise alone, for noise
+added to the standard net; also accepted as "noise"), "l1", "l2", "linf").
 All randomness (weights, noise generators) comes from one seed or Generator.
 """
 
-import math
 
 from minibn import backend, nn
-
-NORMS = ("standard", "batchnorm", "noisy", "noise", "l1", "l2", "linf")
+from minibn.nn import normalization
 
 VGG_CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -20,25 +19,13 @@ VGG_CONFIGS = {
 
 
 def check_norm(norm):
-    norm = "standard" if norm is None else norm
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS} (or None for the standard network)")
-    return norm
+    """The registered name of ``norm`` (None and the old "noise" accepted), or a ValueError."""
+    return normalization.get(norm).name
 
 
 def make_norm(norm, num_features, rng, dtype, **noise):
     """The normalization layer named ``norm`` for ``num_features`` channels (None for "standard")."""
-    norm = check_norm(norm)
-    if norm == "standard":
-        return None
-    if norm == "batchnorm":
-        return nn.BatchNorm(num_features, dtype=dtype)
-    if norm == "noisy":
-        return nn.NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype, **noise)
-    if norm == "noise":
-        return nn.NoiseInjection(num_features, rng=rng.integers(2**63), dtype=dtype, **noise)
-    p = {"l1": 1, "l2": 2, "linf": math.inf}[norm]
-    return nn.LpNorm(num_features, p, dtype=dtype)
+    return normalization.get(norm).make(num_features, rng=rng, dtype=dtype, **noise)
 
 
 def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm_layers=None,

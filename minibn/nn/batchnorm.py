@@ -34,6 +34,7 @@ import math
 
 from minibn import backend
 from minibn.nn.layer import Layer, LayerError, check_input
+from minibn.nn.normalization import register
 
 
 def _rows(x):
@@ -179,3 +180,6 @@ class BatchNorm(AffineNorm):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
+
+
+register("batchnorm", "BatchNorm", "C1", lambda num_features, *, dtype, **_: BatchNorm(num_features, dtype=dtype))

@@ -37,6 +37,7 @@ import numbers
 
 from minibn import backend
 from minibn.nn.batchnorm import AffineNorm, column_sums
+from minibn.nn.normalization import register
 
 PS = (1, 2, math.inf)
 
@@ -141,3 +142,9 @@ class LpNorm(AffineNorm):
 
     def _backward(self, dz, cache):
         return backward(dz, cache)
+
+
+
+register("l1", "L1 norm", "C4", lambda num_features, *, dtype, **_: LpNorm(num_features, 1, dtype=dtype))
+register("l2", "L2 norm", "C5", lambda num_features, *, dtype, **_: LpNorm(num_features, 2, dtype=dtype))
+register("linf", "L∞ norm", "C6", lambda num_features, *, dtype, **_: LpNorm(num_features, math.inf, dtype=dtype))

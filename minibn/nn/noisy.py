@@ -37,6 +37,7 @@ from minibn import backend
 from minibn.nn.batchnorm import BatchNorm
 from minibn.nn.batchnorm import backward as batchnorm_backward
 from minibn.nn.layer import Layer, LayerError, check_input
+from minibn.nn.normalization import register
 
 def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float64"):
     """Host ``(scale, shift)`` of ``shape`` and ``dtype`` (float32 or float64) for one step.
@@ -164,3 +165,11 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
         bn_cache, scale = cache
         da, _ = backward(dy, scale)
         return batchnorm_backward(da, bn_cache)
+
+
+register("noisy", "noisy BatchNorm", "C2",
+         lambda num_features, *, rng, dtype, **noise: NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype,
+                                                                    **noise))
+register("standard_noisy", "standard + noise", "C3",
+         lambda num_features, *, rng, dtype, **noise: NoiseInjection(num_features, rng=rng.integers(2**63), dtype=dtype,
+                                                                    **noise))
