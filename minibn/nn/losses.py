@@ -25,7 +25,10 @@ def softmax_cross_entropy(logits, labels):
             f"for logits of shape {tuple(logits.shape)}, got shape {tuple(labels.shape)} dtype {labels.dtype}"
         )
     n, k = logits.shape
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+    if n == 0:
+        raise LayerError(f"softmax_cross_entropy: the batch is empty (logits of shape {tuple(logits.shape)}); "
+                         f"a mean over no samples is undefined")
+    if (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise LayerError(f"softmax_cross_entropy: labels must lie in [0, {k}), got range [{int(labels.min())}, {int(labels.max())}]")
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = xp.exp(shifted)
@@ -49,6 +52,8 @@ def squared_error(pred, target, reduction="sum"):
         raise LayerError(f"squared_error: target shape {tuple(target.shape)} differs from pred shape {tuple(pred.shape)}")
     if reduction not in REDUCTIONS:
         raise LayerError(f"squared_error: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction == "mean" and pred.size == 0:
+        raise LayerError(f"squared_error: reduction 'mean' of an empty pred (shape {tuple(pred.shape)}) is undefined")
     diff = pred - target
     loss = float((diff * diff).sum())
     scale = 2.0

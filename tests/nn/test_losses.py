@@ -81,3 +81,12 @@ def test_losses_on_every_backend(xp):
     np.testing.assert_allclose(backend.to_host(dz), ref_dz, rtol=1e-12)
     loss, dp = nn.squared_error(backend.to_device(z, xp), backend.to_device(z * 2, xp))
     assert abs(loss - float((z * z).sum())) < 1e-12
+
+
+def test_empty_batches_are_refused_where_the_mean_is_undefined():
+    with pytest.raises(nn.LayerError, match=r"softmax_cross_entropy: the batch is empty \(logits of shape \(0, 3\)\)"):
+        nn.softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, dtype=int))
+    with pytest.raises(nn.LayerError, match=r"squared_error: reduction 'mean' of an empty pred \(shape \(0, 2\)\)"):
+        nn.squared_error(np.zeros((0, 2)), np.zeros((0, 2)), reduction="mean")
+    loss, dpred = nn.squared_error(np.zeros((0, 2)), np.zeros((0, 2)))   # a sum over nothing is 0
+    assert loss == 0.0 and dpred.shape == (0, 2)
