@@ -7,7 +7,6 @@ added to the standard net; also accepted as "noise"), "l1", "l2", "linf").
 All randomness (weights, noise generators) comes from one seed or Generator.
 """
 
-
 from minibn import backend, nn
 from minibn.nn import normalization
 
