@@ -194,7 +194,7 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
         if sorted(saved["callbacks"]) != sorted(names):
             raise ValueError(f"train: checkpoint {checkpoint} was written with callbacks {sorted(saved['callbacks'])}, "
                              f"resumed with {sorted(names)}")
-        xp = model._xp()
+        xp = model.xp
         model.set_flat_params(backend.to_device(saved["params"], xp))
         model.load_state(saved["model"])
         optimizer.load_state(saved["optimizer"])

@@ -30,24 +30,13 @@ On top of it:
 Cost: each product is 2 forward/backward passes, plus 1 for g (curvature) at setup.
 """
 
-import copy
 import math
 
-from minibn import backend, nn
-from minibn.measure import Snapshot, check_every, json_float
+from minibn import backend
+from minibn.measure import Recorder, json_float
 
 DEFAULT_EPS = 1e-6
 METHODS = ("lanczos", "power")
-
-
-def _float64_copy(model):
-    """A float64 copy of ``model`` (no caches or gradients copied)."""
-    clones = []
-    for layer in model:
-        light = copy.copy(layer)
-        light._cache, light.grads = None, {}
-        clones.append(copy.deepcopy(light).astype("float64"))
-    return nn.Sequential(clones)
 
 
 class HessianOperator:
@@ -63,13 +52,13 @@ class HessianOperator:
         if not eps > 0:
             raise ValueError(f"HessianOperator: eps must be positive, got {eps!r}")
         if model.dtype != "float64":
-            model = _float64_copy(model)
+            model = model.clone().astype("float64")
             x = x.astype("float64")
             if target.dtype.kind == "f":
                 target = target.astype("float64")
         self.model, self.loss_fn, self.x, self.target = model, loss_fn, x, target
-        self.xp = model._xp()
-        self._snapshot = Snapshot(model)
+        self.xp = model.xp
+        self._snapshot = model.snapshot()
         self.w = model.flat_params()
         self.h = eps * max(1.0, float(self.xp.linalg.norm(self.w)))
         self.slice = slice(None)
@@ -228,7 +217,7 @@ def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS
         return json_float(float(op.xp.vdot(g, op.matvec(g))) / g_sq)
 
 
-class HessianRecorder:
+class HessianRecorder(Recorder):
     """Callback: top eigenvalue (Lanczos) and curvature along the gradient every ``every`` steps;
     optionally the Hutchinson trace (``trace_samples`` > 0) and per-block top eigenvalues.
 
@@ -237,10 +226,10 @@ class HessianRecorder:
 
     def __init__(self, loss_fn, every=100, *, method="lanczos", trace_samples=0, per_block=False,
                  iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, name="hessian"):
-        self.loss_fn, self.every, self.name = loss_fn, check_every("HessianRecorder", every), name
-        self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps}
         self.trace_samples, self.per_block = int(trace_samples), per_block
-        self.records = {k: [] for k in self.keys()}
+        super().__init__(name, every, {k: [] for k in self.keys()})
+        self.loss_fn = loss_fn
+        self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps}
 
     def keys(self):
         return ("steps", "top_eigenvalue", "curvature") + (("trace",) if self.trace_samples else ()) \
@@ -258,12 +247,3 @@ class HessianRecorder:
         if self.per_block:
             rec["block_top_eigenvalue"].append([top_eigenvalue(*args, block=b, **self.options)["eigenvalue"]
                                                 for b in range(len(model.blocks()))])
-
-    def result(self):
-        return {k: list(v) for k, v in self.records.items()}
-
-    def state(self):
-        return self.result()
-
-    def load_state(self, state):
-        self.records = {k: list(state[k]) for k in self.keys()}

@@ -19,7 +19,7 @@ The parameters are written back bit-exactly afterwards.
 
 import math
 
-from minibn.measure import Snapshot, block_vector, check_every, json_float
+from minibn.measure import Recorder, block_vector, json_float
 
 
 def _l2_and_cos(g, g_new, xp):
@@ -48,8 +48,8 @@ def measure_ics(model, loss_fn, x, target, optimizer, *, block_lrs=None):
         block_lrs = [float(lr) for lr in block_lrs]
         if len(block_lrs) != len(blocks):
             raise ValueError(f"measure_ics: block_lrs has {len(block_lrs)} entries but the model has {len(blocks)} blocks")
-    xp = model._xp()
-    with Snapshot(model):
+    xp = model.xp
+    with model.snapshot():
         model.value_and_grad(loss_fn, x, target, mode="probe")
         grads = [block_vector(model, block) for block in blocks]
         if block_lrs is None:
@@ -70,7 +70,7 @@ def measure_ics(model, loss_fn, x, target, optimizer, *, block_lrs=None):
     return {"l2": l2, "cos": cos}
 
 
-class ICSRecorder:
+class ICSRecorder(Recorder):
     """Callback: :func:`measure_ics` every ``every`` steps, with the training optimizer's update.
 
     ``result()``: ``{"steps": [t], "layers": [1..k], "l2": [[per block] per t], "cos": [[per block] per t]}``
@@ -78,8 +78,8 @@ class ICSRecorder:
     """
 
     def __init__(self, loss_fn, every=100, *, block_lrs=None, name="ics"):
-        self.loss_fn, self.every, self.block_lrs, self.name = loss_fn, check_every("ICSRecorder", every), block_lrs, name
-        self.records = {"steps": [], "layers": [], "l2": [], "cos": []}
+        super().__init__(name, every, {"steps": [], "layers": [], "l2": [], "cos": []})
+        self.loss_fn, self.block_lrs = loss_fn, block_lrs
 
     def __call__(self, step, model, x, target, optimizer):
         out = measure_ics(model, self.loss_fn, x, target, optimizer, block_lrs=self.block_lrs)
@@ -87,13 +87,3 @@ class ICSRecorder:
         self.records["steps"].append(int(step))
         self.records["l2"].append(out["l2"])
         self.records["cos"].append(out["cos"])
-
-    def result(self):
-        return {k: list(v) for k, v in self.records.items()}
-
-    def state(self):
-        return self.result()
-
-    def load_state(self, state):
-        self.records = {k: list(state[k]) for k in ("steps", "layers", "l2", "cos")}
-

@@ -23,7 +23,7 @@ forward/backward passes. The weights are written back bit-exactly.
 import math
 
 from minibn import backend
-from minibn.measure import Snapshot, check_every, json_float
+from minibn.measure import Recorder, json_float
 
 
 def _band(values):
@@ -41,22 +41,17 @@ def probe_gradient_direction(model, loss_fn, x, target, etas):
     etas = [float(e) for e in etas]
     if not etas or any(not math.isfinite(e) or e <= 0 for e in etas):
         raise ValueError(f"probe_gradient_direction: etas must be a non-empty list of positive step sizes, got {etas!r}")
-    xp = model._xp()
+    xp = model.xp
     out = {"eta": etas, "loss": [], "grad_diff": [], "beta": []}
     # Far probes overflow by design; the values are recorded as non-finite, not raised.
-    with Snapshot(model) as saved, backend.host.errstate(all="ignore"):
+    with model.snapshot(), backend.host.errstate(all="ignore"):
+        w0 = model.flat_params()
         loss0 = model.value_and_grad(loss_fn, x, target, mode="probe")
         g = model.flat_grads()
         grad_norm = float(xp.linalg.norm(g))
-        # g per parameter, as views of the flat copy (a layer may reuse its grads arrays)
-        offsets = [0]
-        for _, _, p in model.parameters():
-            offsets.append(offsets[-1] + p.size)
-        layer_grads = [g[a:b].reshape(p.shape) for (_, _, p), a, b in zip(model.parameters(), offsets, offsets[1:])]
         nonfinite = 0
         for eta in etas:
-            for (layer, key, w0), g_part in zip(saved.params, layer_grads):
-                layer.params[key][...] = w0 - eta * g_part
+            model.set_flat_params(w0 - eta * g)
             loss = model.value_and_grad(loss_fn, x, target, mode="probe")
             diff = float(xp.linalg.norm(model.flat_grads() - g))
             if not (math.isfinite(loss) and math.isfinite(diff)):
@@ -73,7 +68,7 @@ def probe_gradient_direction(model, loss_fn, x, target, etas):
     return out
 
 
-class LandscapeRecorder:
+class LandscapeRecorder(Recorder):
     """Callback: :func:`probe_gradient_direction` every ``every`` steps on that step's batch.
 
     ``etas`` are absolute step sizes (e.g. ``[f * lr for f in (0.5, 1, 2, 4)]``).
@@ -85,9 +80,8 @@ class LandscapeRecorder:
             "beta_eff", "nonfinite", "loss0", "grad_norm")
 
     def __init__(self, loss_fn, etas, every=100, *, name="landscape"):
-        self.loss_fn, self.etas, self.name = loss_fn, [float(e) for e in etas], name
-        self.every = check_every("LandscapeRecorder", every)
-        self.records = {"steps": [], **{k: [] for k in self.KEYS}}
+        super().__init__(name, every, {"steps": [], **{k: [] for k in self.KEYS}})
+        self.loss_fn, self.etas = loss_fn, [float(e) for e in etas]
 
     def __call__(self, step, model, x, target, optimizer):
         out = probe_gradient_direction(model, self.loss_fn, x, target, self.etas)
@@ -96,10 +90,4 @@ class LandscapeRecorder:
             self.records[key].append(out[key])
 
     def result(self):
-        return {"eta": list(self.etas), **{k: list(v) for k, v in self.records.items()}}
-
-    def state(self):
-        return {k: list(v) for k, v in self.records.items()}
-
-    def load_state(self, state):
-        self.records = {k: list(state[k]) for k in ("steps", *self.KEYS)}
+        return {"eta": list(self.etas), **super().result()}

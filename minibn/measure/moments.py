@@ -27,7 +27,7 @@ Cost: one forward pass up to the deepest chosen layer; no backward.
 """
 
 from minibn import backend
-from minibn.measure import Snapshot, check_every, json_float
+from minibn.measure import Recorder, json_float
 
 
 def _floats(values):
@@ -45,22 +45,17 @@ def layer_inputs(model, x, layers, mode="probe"):
         raise ValueError(f"layer_inputs: mode must be 'probe' or 'train', got {mode!r}")
     wanted = set(layers)
     inputs, h = {}, x
-    saved = model.state() if mode == "train" else None
-    try:
-        with Snapshot(model):
-            for index, layer in enumerate(model):
-                if index in wanted:
-                    inputs[index] = h
-                if len(inputs) == len(wanted):
-                    break
-                h = layer.forward(h, mode)
-    finally:
-        if saved is not None:
-            model.load_state(saved)
+    with model.snapshot():  # in "train" mode, also what the forward moved: running statistics, noise generators
+        for index, layer in enumerate(model):
+            if index in wanted:
+                inputs[index] = h
+            if len(inputs) == len(wanted):
+                break
+            h = layer.forward(h, mode)
     return inputs
 
 
-class MomentsRecorder:
+class MomentsRecorder(Recorder):
     """Callback: moments of the inputs of layers ``layers`` every ``every`` steps.
 
     ``result()``: ``{"steps": [t], "layers": {str(l): {"unit", "mean_change", "var_change",
@@ -76,11 +71,11 @@ class MomentsRecorder:
             raise ValueError(f"MomentsRecorder: layers must be distinct non-negative layer indices, got {layers!r}")
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"MomentsRecorder: n_samples must be a positive integer, got {n_samples!r}")
-        self.every, self.n_samples, self.seed = check_every("MomentsRecorder", every), int(n_samples), int(seed)
+        super().__init__(name, every, {"steps": [], "layers": {}})
+        self.n_samples, self.seed = int(n_samples), int(seed)
         if mode not in ("probe", "train"):
             raise ValueError(f"MomentsRecorder: mode must be 'probe' or 'train', got {mode!r}")
-        self.per_unit, self.mode, self.name = per_unit, mode, name
-        self.steps, self.series = [], {}
+        self.per_unit, self.mode = per_unit, mode
         self.first, self.last = {}, {}  # host (mean, var) arrays per layer, for drifts and changes
 
     def _units(self, inputs):
@@ -92,14 +87,15 @@ class MomentsRecorder:
         if max(self.layers) >= len(model):
             raise ValueError(f"MomentsRecorder: layer index {max(self.layers)} out of range for a model of {len(model)} layers")
         inputs = layer_inputs(model, x, self.layers, self.mode)
-        if not self.series:
+        series = self.records["layers"]
+        if not series:
             units = self._units(inputs)
-            self.series = {str(l): {"unit": units[l], **{k: [] for k in self.SERIES},
-                                    **({"mean": [], "var": []} if self.per_unit else {})} for l in self.layers}
-        self.steps.append(int(step))
+            series.update({str(l): {"unit": units[l], **{k: [] for k in self.SERIES},
+                                    **({"mean": [], "var": []} if self.per_unit else {})} for l in self.layers})
+        self.records["steps"].append(int(step))
         xp = backend.array_module(x)
         for l in self.layers:
-            rec = self.series[str(l)]
+            rec = series[str(l)]
             h = inputs[l].reshape(-1, inputs[l].shape[-1])
             mean = h.mean(axis=0)
             var = ((h - mean) ** 2).mean(axis=0)
@@ -123,19 +119,14 @@ class MomentsRecorder:
                 rec["mean"].append(_floats(mean_h))
                 rec["var"].append(_floats(var_h))
 
-    def result(self):
-        return {"steps": list(self.steps),
-                "layers": {name: {k: (list(v) if isinstance(v, list) else v) for k, v in rec.items()}
-                           for name, rec in self.series.items()}}
-
+    # the state adds the host moments behind the changes and drifts to the records
     def state(self):
         return {"result": self.result(),
                 "first": {str(l): list(v) for l, v in self.first.items()},
                 "last": {str(l): list(v) for l, v in self.last.items()}}
 
     def load_state(self, state):
-        self.steps = list(state["result"]["steps"])
-        self.series = state["result"]["layers"]
+        super().load_state(state["result"])
         host = backend.host
         self.first = {int(l): tuple(host.asarray(a, dtype="float64") for a in v) for l, v in state["first"].items()}
         self.last = {int(l): tuple(host.asarray(a, dtype="float64") for a in v) for l, v in state["last"].items()}

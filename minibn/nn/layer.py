@@ -11,7 +11,12 @@ Modes are explicit and the same for every layer:
 * ``"eval"``: running statistics, no noise, no state change;
 * ``"probe"``: batch statistics as in training, but no state change at all; every
   measurement uses it, so measuring never changes the model.
+
+What a measurement may still disturb (parameters it moves on purpose, gradients, the
+forward cache) is saved by ``model.snapshot()`` and written back by its ``restore()``.
 """
+
+import copy
 
 from minibn import backend
 
@@ -142,6 +147,20 @@ class Layer:
         for key, value in values.items():
             setattr(self, key, value)
 
+    def snapshot(self):
+        """A :class:`Snapshot` of this layer: ``with layer.snapshot(): ...`` puts it back on exit."""
+        return Snapshot(self._leaves())
+
+    def _leaves(self):
+        return [self]
+
+    def clone(self):
+        """A deep copy of parameters and state, without gradients or forward cache (the
+        arrays of a past step are not copied)."""
+        light = copy.copy(self)
+        light.grads, light._cache, light._out_shape, light._out_dtype = {}, None, None, None
+        return copy.deepcopy(light)
+
     def to(self, backend_name):
         """Move parameters and state to a backend ('numpy' or 'cupy') in place."""
         self.params = {k: backend.to_device(v, backend_name) for k, v in self.params.items()}
@@ -159,6 +178,37 @@ class Layer:
         self.grads = {}
         self._cache = None
         return self
+
+
+class Snapshot:
+    """What a measurement may disturb, saved by ``model.snapshot()`` and written back by
+    :meth:`restore`: for every layer its parameters, state, gradients and forward cache.
+
+    Parameters are copied and written back in place (``p[...] = saved``), so they are
+    bit-identical afterwards and keep their identity (an optimizer holding them stays
+    valid); state (running statistics, noise generators) goes back through the layer's
+    ``load_state``; the ``grads`` dict and the forward cache are put back as they were, so
+    a measurement taken between a training step's backward and its update would not
+    change that update. Use as a context manager: ``with model.snapshot(): ...``.
+    """
+
+    def __init__(self, layers):
+        self._saved = [(layer, {k: p.copy() for k, p in layer.params.items()}, layer.state(),
+                        (layer.grads, layer._cache, layer._out_shape, layer._out_dtype)) for layer in layers]
+
+    def restore(self):
+        for layer, params, state, transient in self._saved:
+            for key, saved in params.items():
+                layer.params[key][...] = saved
+            layer.load_state(state)
+            layer.grads, layer._cache, layer._out_shape, layer._out_dtype = transient
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+        return False
 
 
 class Sequential(Layer):
@@ -252,18 +302,19 @@ class Sequential(Layer):
     def num_params(self):
         return sum(v.size for _, _, v in self.parameters())
 
-    def _xp(self):
+    @property
+    def xp(self):
+        """The array module (NumPy or CuPy) the parameters live on; NumPy for a model without any."""
         arrays = [v for _, _, v in self.parameters()]
         return backend.array_module(*arrays) if arrays else backend.host
 
     def flat_params(self):
         """All parameters as one new 1-D array."""
-        xp = self._xp()
-        return xp.concatenate([v.ravel() for _, _, v in self.parameters()])
+        return self.xp.concatenate([v.ravel() for _, _, v in self.parameters()])
 
     def flat_grads(self):
         """All gradients (after a backward) as one new 1-D array, in flat-view order."""
-        xp = self._xp()
+        xp = self.xp
         parts = []
         for i, k, _ in self.parameters():
             if k not in self.layers[i].grads:
@@ -282,6 +333,12 @@ class Sequential(Layer):
             start += v.size
 
     # --- state ----------------------------------------------------------------
+    def _leaves(self):
+        return [leaf for layer in self.layers for leaf in layer._leaves()]
+
+    def clone(self):
+        return Sequential([layer.clone() for layer in self.layers])
+
     def state(self):
         return {i: s for i, layer in enumerate(self.layers) if (s := layer.state())}
 

@@ -158,3 +158,59 @@ def test_on_every_backend(xp):
         net.value_and_grad(nn.squared_error, backend.to_device(x, name), backend.to_device(target, name))
         grads.append(backend.to_host(net.flat_grads()))
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9, atol=1e-11)
+
+
+def test_snapshot_restores_parameters_state_gradients_and_the_forward_cache():
+    net = model()
+    x, target = data()
+    net.value_and_grad(nn.squared_error, x * 2 + 1, target, "train")    # non-trivial state, grads and cache
+    ids = [id(v) for _, _, v in net.parameters()]
+    params, state, grads = net.flat_params(), net.state(), net.flat_grads()
+    dy = np.random.default_rng(3).normal(size=(6, 2))
+    dx = model_copy_backward(net, dy)
+    with net.snapshot():
+        net.set_flat_params(net.flat_params() * 3 - 1)
+        net.value_and_grad(nn.squared_error, x[:4], target[:4], "train")  # moves state, grads, cache (4 rows)
+        assert net.state()[4]["rng"] != state[4]["rng"]
+    np.testing.assert_array_equal(net.flat_params(), params)
+    assert [id(v) for _, _, v in net.parameters()] == ids          # written back in place
+    np.testing.assert_array_equal(net.flat_grads(), grads)
+    after = net.state()
+    assert after[4]["rng"] == state[4]["rng"]
+    for i in state:
+        for k in state[i]:
+            if k != "rng":
+                np.testing.assert_array_equal(after[i][k], state[i][k])
+    np.testing.assert_array_equal(net.backward(dy), dx)               # the 6-row forward's cache is back
+    snap = net.snapshot()
+    net.set_flat_params(np.zeros(net.num_params))
+    snap.restore()
+    np.testing.assert_array_equal(net.flat_params(), params)
+
+
+def model_copy_backward(net, dy):
+    """dx of a backward through ``net`` from its current cache, leaving ``net``'s grads as they were."""
+    with net.snapshot():
+        return net.backward(dy)
+
+
+def test_clone_copies_parameters_and_state_but_no_step_arrays():
+    net = model()
+    x, target = data()
+    net.value_and_grad(nn.squared_error, x, target, "train")
+    twin = net.clone()
+    np.testing.assert_array_equal(twin.flat_params(), net.flat_params())
+    assert twin.state()[4]["rng"] == net.state()[4]["rng"]
+    with pytest.raises(nn.LayerError, match="no gradient"):
+        twin.flat_grads()
+    with pytest.raises(nn.LayerError, match="backward called before forward"):
+        twin.backward(np.ones((6, 2)))
+    twin.set_flat_params(np.zeros(twin.num_params))
+    twin.forward(x, "train")
+    assert net.flat_params().any() and twin.state()[4]["rng"] != net.state()[4]["rng"]   # independent
+    assert twin.astype("float32").forward(x.astype("float32"), "eval").dtype == np.float32
+
+
+def test_xp_is_the_parameters_array_module(xp):
+    assert model().xp is np and nn.Sequential([nn.ReLU()]).xp is np
+    assert model().to(backend.name_of(xp)).xp is xp
