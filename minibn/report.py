@@ -13,9 +13,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
 
-from minibn import backend  # noqa: E402
+from minibn import backend, io  # noqa: E402
+from minibn.nn import normalization  # noqa: E402
 
 np = backend.host
+
+
+def color(variant):
+    """The colour of a normalizer in every study's figures (its registry entry)."""
+    return normalization.get(variant).color
+
+
+def label(variant):
+    """A normalizer's name in legends and reports (its registry entry)."""
+    return normalization.get(variant).label
 
 
 def floats(values):
@@ -98,6 +109,12 @@ def new_figure(nrows, ncols, width=4.2, height=3.2):
 
 
 def close(fig):
+    plt.close(fig)
+
+
+def save(fig, path):
+    """Write ``fig`` to ``path`` (atomically) and free it."""
+    io.write_figure(path, fig)
     plt.close(fig)
 
 

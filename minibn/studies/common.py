@@ -1,10 +1,33 @@
-"""What every study's command line shares: option checks and the record of the machine."""
+"""What every study shares: option checks, the output folder and resume, the worker pool,
+the record of the machine, and reading a results folder back for its report."""
 
+import argparse
 import os
 import platform
 import sys
 
 from minibn import backend, io
+
+
+def add_options(parser, default_out, resume=True, jobs=True):
+    """The options the studies share: --backend, --out, and (unless told not to) --resume and --jobs."""
+    parser.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
+    parser.add_argument("--out", default=None, help=f"output folder [{default_out}]")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are "
+                            "kept, interrupted ones resume from their last checkpoint")
+    if jobs:
+        parser.add_argument("--jobs", type=int, default=default_jobs(),
+                            help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
+
+
+def default_jobs():
+    return min(2, os.cpu_count() or 1)
+
+
+def check_jobs(jobs):
+    if int(jobs) != jobs or jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
 
 
 def check_backend(name):
@@ -83,3 +106,35 @@ def in_workers(fn, items, workers):
                 os.environ.pop(k, None)
     pool.close()
     pool.join()
+
+
+def report_folder(prog, argv=None):
+    """The results folder named on a report's command line (``python -m PROG DIR``), checked."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}",
+                                description="Rebuild the figures and report.md of a results folder from its "
+                                            "results.json (and results.npz, where there is one) alone.")
+    p.add_argument("dir", help="the study's output folder (its --out)")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.dir, "results.json")):
+        p.error(f"{args.dir} has no results.json: give the folder a study wrote (its --out)")
+    return args.dir
+
+
+def read_results(folder):
+    """``(doc, arrays)``: ``folder/results.json`` and the arrays of ``folder/results.npz`` ({} without one)."""
+    doc = io.read_json(os.path.join(folder, "results.json"))
+    npz = os.path.join(folder, "results.npz")
+    if not os.path.exists(npz):
+        return doc, {}
+    with backend.host.load(npz) as stored:
+        return doc, {key: stored[key] for key in stored.files}
+
+
+def write_report(folder, text):
+    """``folder/report.md``: the generated ``text``, then ``folder/notes.md`` where there is one (a note
+    written by hand on how the run was made, which a rebuilt report must keep)."""
+    notes = os.path.join(folder, "notes.md")
+    if os.path.exists(notes):
+        with open(notes, encoding="utf-8") as f:
+            text = text.rstrip("\n") + "\n\n" + f.read()
+    io.write_text(os.path.join(folder, "report.md"), text)

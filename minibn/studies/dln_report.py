@@ -22,6 +22,8 @@ import sys
 import warnings
 
 from minibn import backend, io, report
+from minibn.nn import normalization
+from minibn.studies import common
 
 np = backend.host
 ICS_LAYERS = (9, 17)
@@ -168,9 +170,6 @@ def plateaus(doc, rel=0.01):
 
 
 # --- figures ---------------------------------------------------------------------------
-COLORS = {"standard": "C0", "batchnorm": "C1", "noisy": "C2", "l1": "C3", "l2": "C4", "linf": "C5"}
-
-
 def fig_training_loss(doc, path):
     groups, lrs = runs_by(doc), lrs_of(doc)
     fig, axes = report.new_figure(1, len(lrs))
@@ -179,12 +178,11 @@ def fig_training_loss(doc, path):
             if run_lr != lr:
                 continue
             n = min(len(r["loss"]) for r in runs)
-            report.line_with_band(ax, runs[0]["steps"][:n], [r["loss"][:n] for r in runs], variant,
-                                  COLORS.get(variant), log=True)
+            report.line_with_band(ax, runs[0]["steps"][:n], [r["loss"][:n] for r in runs],
+                                  report.label(variant), report.color(variant), log=True)
         ax.set(title=f"training loss, LR {lr:g}", xlabel="step", ylabel="loss (sum of squares)")
         ax.legend(fontsize=7)
-    io.write_figure(path, fig)
-    report.close(fig)
+    report.save(fig, path)
 
 
 def fig_ics(doc, path):
@@ -202,12 +200,11 @@ def fig_ics(doc, path):
                 steps = runs[0]["ics"]["steps"]
                 for col, key in ((2 * c, "l2"), (2 * c + 1, "cos")):
                     report.line_with_band(axes[r][col], steps, [[row[j] for row in run["ics"][key]] for run in runs],
-                                          variant, COLORS[variant], log=(key == "l2"))
+                                          report.label(variant), report.color(variant), log=(key == "l2"))
             axes[r][2 * c].set(title=f"layer {layer}: ||G - G'||, LR {lr:g}", xlabel="step")
             axes[r][2 * c + 1].set(title=f"layer {layer}: cos(G, G'), LR {lr:g}", xlabel="step", ylim=(-1.05, 1.05))
             axes[r][2 * c].legend(fontsize=7)
-    io.write_figure(path, fig)
-    report.close(fig)
+    report.save(fig, path)
 
 
 def fig_landscape(doc, path, variants, lrs=None):
@@ -221,17 +218,17 @@ def fig_landscape(doc, path, variants, lrs=None):
                 continue
             run = runs[0]  # bands are per step over the eta grid: show the first seed, as the paper shows one run
             ls = run["landscape"]
-            report.range_band(axes[r][0], ls["steps"], ls["loss_min"], ls["loss_max"], variant, COLORS[variant])
-            report.range_band(axes[r][1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], variant, COLORS[variant])
-            report.line_with_band(axes[r][2], ls["steps"], [x["landscape"]["beta_eff"] for x in runs], variant,
-                                  COLORS[variant], log=True)
+            name, colour = report.label(variant), report.color(variant)
+            report.range_band(axes[r][0], ls["steps"], ls["loss_min"], ls["loss_max"], name, colour)
+            report.range_band(axes[r][1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], name, colour)
+            report.line_with_band(axes[r][2], ls["steps"], [x["landscape"]["beta_eff"] for x in runs], name, colour,
+                                  log=True)
         axes[r][0].set(title=f"loss variation, LR {lr:g}", xlabel="step")
         axes[r][1].set(title=f"gradient predictiveness, LR {lr:g}", xlabel="step")
         axes[r][2].set(title=f"effective beta-smoothness, LR {lr:g}", xlabel="step")
         for ax in axes[r]:
             ax.legend(fontsize=7)
-    io.write_figure(path, fig)
-    report.close(fig)
+    report.save(fig, path)
 
 
 def fig_gradpred_vs_eta(doc, arrays, path):
@@ -252,13 +249,12 @@ def fig_gradpred_vs_eta(doc, arrays, path):
             ax.plot(ls["eta"], row, color=cm.viridis(i / max(1, len(steps) - 1)), lw=0.8, marker=".", ms=3)
         ax.set(xscale="log", yscale="log", xlabel="eta'", ylabel="||grad L(w - eta' g) - g||",
                title=f"{variant}, LR {lr:g} (colour: step 0 -> {steps[-1]})")
-    io.write_figure(path, fig)
-    report.close(fig)
+    report.save(fig, path)
 
 
 def fig_activations(doc, arrays, path):
     groups, lr = runs_by(doc), lrs_of(doc)[0]
-    variants = [v for v in COLORS if (v, lr) in groups]
+    variants = [v for v in normalization.REGISTRY if (v, lr) in groups]
     blocks = list(groups[(variants[0], lr)][0]["moments"]["blocks"])
     fig, axes = report.new_figure(len(variants), len(blocks), width=2.6, height=2.6)
     for r, variant in enumerate(variants):
@@ -267,10 +263,9 @@ def fig_activations(doc, arrays, path):
         for c, block in enumerate(blocks):
             ax = axes[r][c]
             report.ridge(ax, list(arrays[f"{name}/moments/{block}/samples"]), run["moments"]["steps"],
-                         color=COLORS[variant])
-            ax.set_title(f"{variant}: layer {block}", fontsize=8)
-    io.write_figure(path, fig)
-    report.close(fig)
+                         color=report.color(variant))
+            ax.set_title(f"{report.label(variant)}: layer {block}", fontsize=8)
+    report.save(fig, path)
 
 
 # --- assembly -------------------------------------------------------------------------------
@@ -311,6 +306,9 @@ def write_all(out, doc, figures=True):
 
 
 def write_figures_and_report(out, doc, arrays):
+    """The figures and report.md. The two figures drawn from results.npz (gradient predictiveness
+    against eta', activation ridges) are left as they are when ``arrays`` is empty: a folder can
+    keep its figures without its (large) results.npz, as studies/dln does."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty bands and all-NaN medians of diverged runs are expected
         fig_training_loss(doc, os.path.join(out, "fig3_training_loss.png"))
@@ -318,9 +316,10 @@ def write_figures_and_report(out, doc, arrays):
         fig_landscape(doc, os.path.join(out, "fig9_landscape_bn.png"), ("standard", "batchnorm"))
         lp = [v for v in ("standard", "batchnorm", "l1", "l2", "linf")]
         fig_landscape(doc, os.path.join(out, "fig10_landscape_lp.png"), lp, lrs=lrs_of(doc)[:1])
-        fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
-        fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
-    io.write_text(os.path.join(out, "report.md"), report_markdown(doc))
+        if arrays:
+            fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
+            fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
+    common.write_report(out, report_markdown(doc))
 
 
 def report_markdown(doc):
@@ -387,16 +386,15 @@ def report_markdown(doc):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m minibn.studies.dln_report DIR")
-    out = argv[0]
-    doc = io.read_json(os.path.join(out, "results.json"))
-    npz = os.path.join(out, "results.npz")
-    arrays = dict(np.load(npz)) if os.path.exists(npz) else {}
+    """``python -m minibn.studies.dln_report DIR``: rebuild DIR's figures and report.md from its results."""
+    out = common.report_folder("minibn.studies.dln_report", argv)
+    doc, arrays = common.read_results(out)
+    if not arrays:
+        print(f"{out} has no results.npz: fig11_gradpred_vs_eta.png and fig13_activations.png are left as they are")
     write_figures_and_report(out, doc, arrays)
     print(os.path.join(out, "report.md"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,7 +22,8 @@ noise generators apart) and the same batches.
 
 The study writes DIR/runs/NAME/result.json per finished run (a resumed study keeps them),
 then DIR/results.json (+ results.npz with the activation samples), the figures and
-DIR/report.md (:mod:`minibn.studies._vgg_figures`).
+DIR/report.md (:mod:`minibn.studies.vgg_report`). From Python,
+:func:`run` does the same and returns the results (docs/studies.md).
 """
 
 import argparse
@@ -34,11 +35,12 @@ import time
 from minibn import backend, io, models, nn, train
 from minibn.data import cifar10
 from minibn.measure import ics, landscape, moments
+from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.studies import common
 
-VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf", "standard_noisy")
-NORM_OF = {"standard": None, "standard_noisy": "noise"}  # the others are models.vgg's norm names
+#: The variants a run may use; each experiment below names its own.
+VARIANTS = tuple(normalization.REGISTRY)
 EXPERIMENTS = {
     "E1": [("standard", "lr"), ("batchnorm", "lr"), ("standard", "lr_high"), ("batchnorm", "lr_high")],
     "E2": [("standard", "lr"), ("batchnorm", "lr"), ("noisy", "lr"), ("standard_noisy", "lr")],
@@ -138,21 +140,19 @@ def run_one(job):
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(cfg["backend"])
     data = load_data(cfg, cfg["data_dir"])
-    model = models.vgg(cfg["config"], norm=NORM_OF.get(spec["variant"], spec["variant"]), width=cfg["width"],
-                       rng=cfg["seed"], dtype="float32")
+    model = models.vgg(cfg["config"], norm=spec["variant"], width=cfg["width"], rng=cfg["seed"], dtype="float32")
     model.to(cfg["backend"])
-    stream = cifar10.BatchStream(data["train_x"], data["train_y"], cfg["batch"], seed=cfg["seed"],
-                                 backend_name=cfg["backend"])
+    stream = train.MiniBatches(backend.to_device(data["train_x"], xp), backend.to_device(data["train_y"], xp),
+                               cfg["batch"], seed=cfg["seed"])
     eval_sets = {split: (backend.to_device(data[f"{split}_x"], xp), backend.to_device(data[f"{split}_y"], xp))
                  for split in ("eval", "test")}
 
     started = time.perf_counter()
 
-    def evaluate(m):
+    def evaluate(m, step):
         train_acc, train_loss = accuracy(m, *eval_sets["eval"])
         test_acc, test_loss = accuracy(m, *eval_sets["test"])
-        done_steps = stream.epoch * stream.batches_per_epoch + stream.position  # one batch per step
-        print(f"[{name}] step {done_steps}/{cfg['steps']}: train acc {train_acc:.3f}, test acc {test_acc:.3f} "
+        print(f"[{name}] step {step}/{cfg['steps']}: train acc {train_acc:.3f}, test acc {test_acc:.3f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         return {"train_acc": train_acc, "test_acc": test_acc, "train_loss": train_loss, "test_loss": test_loss}
 
@@ -177,30 +177,9 @@ def run_one(job):
         "landscape": record.get("landscape"),
         "moments": {"conv_layers": list(range(1, len(conv_layers(model)) + 1)), **record["moments"]},
         "wall_s": out["wall_s"],
-        "step_images_per_s": step_throughput(cfg, spec["variant"]),
     }
     io.write_json(done, result)
     return result
-
-
-def step_throughput(cfg, variant, steps=3):
-    """Images per second of the bare training step (forward, backward, SGD update) of this
-    variant's model, on one batch of noise after a warm-up step: the figure the presets are sized by."""
-    xp = backend.get(cfg["backend"])
-    rng = backend.rng(cfg["seed"])
-    x = backend.to_device(rng.standard_normal((cfg["batch"], 32, 32, 3)).astype("float32"), xp)
-    y = backend.to_device(rng.integers(0, 10, cfg["batch"]), xp)
-    model = models.vgg(cfg["config"], norm=NORM_OF.get(variant, variant), width=cfg["width"], rng=cfg["seed"])
-    model.to(cfg["backend"])
-    opt = SGD(model, 1e-3)
-    for k in range(steps + 1):
-        if k == 1:
-            backend.synchronize(xp)
-            start = time.perf_counter()
-        model.value_and_grad(loss_fn, x, y)
-        opt.step()
-    backend.synchronize(xp)
-    return cfg["batch"] * steps / (time.perf_counter() - start)
 
 
 def parse_args(argv=None):
@@ -208,19 +187,14 @@ def parse_args(argv=None):
         prog="python -m minibn.studies.vgg",
         description="The paper's VGG/CIFAR-10 experiments (protocol.md §4): E1 accuracy at two LRs, E2 noisy BN, "
                     "E3 internal covariate shift, E4 landscape along the gradient, E5 Lp normalizations.")
-    p.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
+    common.add_options(p, "runs/vgg-<preset>")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="paper: VGG-16, 15,000 steps (GPU); cpu: VGG-11 at 1/8 width, 2,000 steps (~1 h on 2 cores); "
                         "smoke: seconds, for tests [cpu]")
     p.add_argument("--experiments", default="E1,E2,E3,E4,E5", help="comma-separated subset of E1..E5 [all]")
-    p.add_argument("--out", default=None, help="output folder [runs/vgg-<preset>]")
     p.add_argument("--data-dir", default=None, help="folder with the python-version CIFAR-10 batches "
                    "[$MINIBN_DATA/cifar10, else ~/.cache/minibn/cifar10, downloaded there if absent]")
     p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and noise [0]")
-    p.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are kept, "
-                   "interrupted ones resume from their last checkpoint")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
     p.add_argument("--only", default=None, metavar="RUN,...",
                    help="train only these runs of the plan (e.g. batchnorm_lr0.1), to split a study over several "
@@ -238,7 +212,8 @@ def parse_args(argv=None):
 
 def validate(args):
     """Every option checked before any work starts (the data folder included)."""
-    names = [e.strip().upper() for e in args.experiments.split(",") if e.strip()]
+    chosen = args.experiments.split(",") if isinstance(args.experiments, str) else args.experiments
+    names = [e.strip().upper() for e in chosen if e.strip()]
     unknown = [e for e in names if e not in EXPERIMENTS]
     if not names or unknown:
         raise ValueError(f"--experiments: unknown {unknown or args.experiments!r}; choose from {', '.join(EXPERIMENTS)}")
@@ -249,8 +224,7 @@ def validate(args):
             raise ValueError(f"--{opt.replace('_', '-')} must be positive and finite, got {v}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    common.check_jobs(args.jobs)
     common.check_backend(args.backend)
     try:
         args.data_dir = cifar10.locate(args.data_dir)
@@ -258,7 +232,8 @@ def validate(args):
         raise ValueError(str(err)) from None
     if args.only is not None:
         planned = plan(build_config(args), args.experiments)
-        args.only = [r.strip() for r in args.only.split(",") if r.strip()]
+        only = args.only.split(",") if isinstance(args.only, str) else args.only
+        args.only = [r.strip() for r in only if r.strip()]
         unknown = [r for r in args.only if r not in planned]
         if not args.only or unknown:
             raise ValueError(f"--only: {unknown or 'no run'} not in the plan of these experiments: {', '.join(planned)}")
@@ -276,9 +251,20 @@ def build_config(args):
     return cfg
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="numpy", data_dir=None, seed=0,
+        resume=False, jobs=1, steps=None, only=None, lr=None, lr_high=None, lr_low=None, command=None):
+    """Run the study (the command line's options as arguments) and return what results.json holds.
+
+    ``experiments`` and ``only`` take lists (or the command line's comma-separated strings); a bad
+    option raises ValueError before any work starts. Writes into ``out`` as the command line does."""
+    args = argparse.Namespace(out=out, preset=preset, experiments=experiments, backend=backend, data_dir=data_dir,
+                              seed=seed, resume=resume, jobs=jobs, steps=steps, only=only, lr=lr, lr_high=lr_high,
+                              lr_low=lr_low)
+    validate(args)
+    return run_validated(args, command or f"minibn.studies.vgg.run(out={args.out!r}, preset={preset!r}, ...)")
+
+
+def run_validated(args, command):
     cfg = build_config(args)
     common.record_config(args.out, cfg, args.resume)
     runs = plan(cfg, args.experiments)
@@ -289,21 +275,27 @@ def main(argv=None):
     print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}): {len(jobs)} runs of {cfg['steps']} steps "
           f"on {args.backend}, {args.jobs} at a time -> {args.out}", flush=True)
     started = time.perf_counter()
+    results = run_all(jobs, args.jobs)
+    from minibn.studies import vgg_report
+
+    doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
+           "config": {**cfg, "environment": common.environment(), "command": command,
+                      "wall_s": time.perf_counter() - started},
+           "runs": results}
+    slim = vgg_report.write_all(args.out, doc)
+    print(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(args.out, 'report.md')}", flush=True)
+    return slim
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     try:
-        results = run_all(jobs, args.jobs)
+        run_validated(args, "python -m minibn.studies.vgg " + " ".join(argv))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
               f"command plus --resume", file=sys.stderr)
         return 130
-    from minibn.studies import _vgg_figures
-
-    doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
-           "config": {**cfg, "environment": common.environment(),
-                      "command": "python -m minibn.studies.vgg " + " ".join(argv),
-                      "wall_s": time.perf_counter() - started},
-           "runs": results}
-    _vgg_figures.write_all(args.out, doc)
-    print(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(args.out, 'report.md')}", flush=True)
     return 0
 
 

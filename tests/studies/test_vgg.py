@@ -13,7 +13,7 @@ from minibn.studies import vgg
 from tests.data.test_cifar10 import make_folder
 
 RUN_KEYS = {"variant", "lr", "steps", "loss", "diverged_at", "ics", "landscape", "train_acc", "test_acc",
-            "eval_steps", "moments", "wall_s", "step_images_per_s"}
+            "eval_steps", "moments", "wall_s"}
 
 
 @pytest.fixture(scope="module")

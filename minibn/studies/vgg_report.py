@@ -1,5 +1,7 @@
 """Figures, results files and report of the VGG study (:mod:`minibn.studies.vgg`).
 
+    python -m minibn.studies.vgg_report DIR      # rebuild DIR's figures and report from DIR/results.json + .npz
+
 Everything here reads the plain lists of the study's results; nothing measures. The
 figure numbers follow the paper's VGG panels as minibn reads them (docs/vgg.md):
 
@@ -17,15 +19,13 @@ becomes layer round(k n / 13) of a net with n conv layers.
 
 import math
 import os
+import sys
 
 from minibn import io, report
-from minibn.report import floats, fmt
+from minibn.report import color, floats, fmt, label
+from minibn.studies import common
 
 np = report.np
-COLORS = {"standard": "C0", "batchnorm": "C1", "noisy": "C2", "standard_noisy": "C3", "l1": "C4", "l2": "C5",
-          "linf": "C6"}
-LABELS = {"standard": "standard", "batchnorm": "BatchNorm", "noisy": "noisy BatchNorm",
-          "standard_noisy": "standard + noise", "l1": "L1 norm", "l2": "L2 norm", "linf": "L∞ norm"}
 
 
 # --- reading the results ----------------------------------------------------------
@@ -168,19 +168,19 @@ def fig_accuracy(doc, path, variants, lrs, title):
             run = find(doc, v, lr)
             if run is None:
                 continue
-            label = f"{LABELS[v]}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
-            _plot_acc(axes[0, 0], run, "train_acc", label, COLORS[v], style)
-            _plot_acc(axes[0, 1], run, "test_acc", label, COLORS[v], style)
+            legend = f"{label(v)}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
+            _plot_acc(axes[0, 0], run, "train_acc", legend, color(v), style)
+            _plot_acc(axes[0, 1], run, "test_acc", legend, color(v), style)
             steps, loss = np.asarray(run["steps"]), floats(run["loss"])
-            axes[0, 2].plot(steps, loss, color=COLORS[v], lw=0.3, alpha=0.25)
-            axes[0, 2].plot(steps, moving_average(loss), style, color=COLORS[v], lw=1.2, label=label)
+            axes[0, 2].plot(steps, loss, color=color(v), lw=0.3, alpha=0.25)
+            axes[0, 2].plot(steps, moving_average(loss), style, color=color(v), lw=1.2, label=legend)
     _acc_axes(axes[0, 0], f"{title}: training accuracy (eval mode)")
     _acc_axes(axes[0, 1], f"{title}: test accuracy")
     axes[0, 2].set_yscale("log")
     axes[0, 2].set_xlabel("step")
     axes[0, 2].set_title("training loss (moving average of 50)")
     axes[0, 0].legend(fontsize=7)
-    _save(fig, path)
+    report.save(fig, path)
 
 
 def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
@@ -194,11 +194,11 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
             x = samples(run, layer, arrays, run_name_of(doc, run))[-1]
             x = x[np.isfinite(x)]
             if x.size:
-                ax.hist(x, bins=50, density=True, histtype="step", color=COLORS[v], label=LABELS[v], lw=1.2)
+                ax.hist(x, bins=50, density=True, histtype="step", color=color(v), label=label(v), lw=1.2)
         ax.set_title(f"conv layer {layer}: pre-activations at the last step")
         ax.set_xlabel("value")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    report.save(fig, path)
 
 
 def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
@@ -211,9 +211,9 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
             rows = samples(run, layer, arrays, run_name_of(doc, run))
-            report.ridge(ax, list(rows), steps, color=COLORS[v], bins=25)
-            ax.set_title(f"{LABELS[v]}, layer {layer}", fontsize=9)
-    _save(fig, path)
+            report.ridge(ax, list(rows), steps, color=color(v), bins=25)
+            ax.set_title(f"{label(v)}, layer {layer}", fontsize=9)
+    report.save(fig, path)
 
 
 def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
@@ -225,15 +225,15 @@ def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
             run = find(doc, v, lr)
             if run is None:
                 continue
-            _plot_acc(axes[0, col], run, "train_acc", LABELS[v], COLORS[v])
+            _plot_acc(axes[0, col], run, "train_acc", label(v), color(v))
             ic = run.get("ics")
             if not ic:
                 continue
             for k, layer in enumerate(layers):
                 l2 = floats([row[layer - 1] for row in ic["l2"]])
                 cos = floats([row[layer - 1] for row in ic["cos"]])
-                axes[1 + k, col].plot(ic["steps"], l2, color=COLORS[v], label=LABELS[v])
-                axes[1 + len(layers) + k, col].plot(ic["steps"], cos, color=COLORS[v], label=LABELS[v])
+                axes[1 + k, col].plot(ic["steps"], l2, color=color(v), label=label(v))
+                axes[1 + len(layers) + k, col].plot(ic["steps"], cos, color=color(v), label=label(v))
         _acc_axes(axes[0, col], f"LR {lr:g}: training accuracy")
         axes[0, col].legend(fontsize=7)
         for k, layer in enumerate(layers):
@@ -244,7 +244,7 @@ def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
             axes[1 + len(layers) + k, col].set_ylim(-1.05, 1.05)
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    _save(fig, path)
+    report.save(fig, path)
 
 
 def fig_landscape(doc, path, variants, lr):
@@ -254,9 +254,9 @@ def fig_landscape(doc, path, variants, lr):
         ls = run and run.get("landscape")
         if not ls:
             continue
-        report.range_band(axes[0, 0], ls["steps"], ls["loss_min"], ls["loss_max"], LABELS[v], COLORS[v])
-        report.range_band(axes[0, 1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], LABELS[v], COLORS[v])
-        axes[0, 2].plot(ls["steps"], floats(ls["beta_eff"]), color=COLORS[v], label=LABELS[v])
+        report.range_band(axes[0, 0], ls["steps"], ls["loss_min"], ls["loss_max"], label(v), color(v))
+        report.range_band(axes[0, 1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], label(v), color(v))
+        axes[0, 2].plot(ls["steps"], floats(ls["beta_eff"]), color=color(v), label=label(v))
     axes[0, 0].set_title(f"loss variation along the gradient (LR {lr:g})")
     axes[0, 1].set_title("gradient predictiveness ||∇L(w-η'g) - g||")
     axes[0, 2].set_title("effective β-smoothness")
@@ -264,7 +264,7 @@ def fig_landscape(doc, path, variants, lr):
     for ax in axes[0]:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    _save(fig, path)
+    report.save(fig, path)
 
 
 def fig_gradpred_vs_eta(doc, path, lr):
@@ -283,8 +283,8 @@ def fig_gradpred_vs_eta(doc, path, lr):
         ax.set_xticks(ls["eta"], [f"{e:g}" for e in ls["eta"]])
         ax.minorticks_off()
         ax.set_xlabel("η'")
-        ax.set_title(f"{LABELS[v]}: ||∇L(w-η'g) - g|| (colour: step 0 → {steps[-1]})", fontsize=9)
-    _save(fig, path)
+        ax.set_title(f"{label(v)}: ||∇L(w-η'g) - g|| (colour: step 0 → {steps[-1]})", fontsize=9)
+    report.save(fig, path)
 
 
 def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
@@ -297,8 +297,8 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
         steps = run["moments"]["steps"]
         for col, layer in enumerate(layers):
             rec = moment_series(run, layer)
-            axes[0, col].plot(steps, floats(rec["mean_change"]), color=COLORS[v], label=LABELS[v])
-            axes[1, col].plot(steps, floats(rec["var_change"]), color=COLORS[v], label=LABELS[v])
+            axes[0, col].plot(steps, floats(rec["mean_change"]), color=color(v), label=label(v))
+            axes[1, col].plot(steps, floats(rec["var_change"]), color=color(v), label=label(v))
     for col, layer in enumerate(layers):
         axes[0, col].set_title(f"layer {layer}: mean over units of |Δμ|", fontsize=9)
         axes[1, col].set_title(f"layer {layer}: mean over units of |Δσ²|", fontsize=9)
@@ -306,12 +306,7 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
             axes[row, col].set_yscale("log")
             axes[row, col].set_xlabel("step")
     axes[0, 0].legend(fontsize=7)
-    _save(fig, path)
-
-
-def _save(fig, path):
-    io.write_figure(path, fig)
-    report.close(fig)
+    report.save(fig, path)
 
 
 def run_name_of(doc, run):
@@ -359,7 +354,7 @@ def claims(doc, arrays):
             layers = scaled_layers(n_conv(doc), (2, 9, 13))
             changes = {v: [median_at(moment_series(r, k)["mean_change"], report.window(r["moments"]["steps"], False))
                            for k in layers] for v, r in (("standard", std), ("batchnorm", bn), ("noisy", noisy))}
-            measured = "; ".join(f"{LABELS[v]} " + ", ".join(f"layer {k}: {fmt(c)}" for k, c in zip(layers, cs))
+            measured = "; ".join(f"{label(v)} " + ", ".join(f"layer {k}: {fmt(c)}" for k, c in zip(layers, cs))
                                  for v, cs in changes.items())
             ok = all(cn > cb for cn, cb in zip(changes["noisy"], changes["batchnorm"]))
             out.append(("E2: the noise makes the activation moments of noisy BN far less stable than BN's "
@@ -400,19 +395,26 @@ def claims(doc, arrays):
                         f"{fmt(s['gradpred_max'])} (standard {fmt(base['gradpred_max'])}); final train accuracy "
                         f"{fmt(final(run, 'train_acc'))} (standard {fmt(final(std, 'train_acc'))})")
             ok = s["beta_eff"] < base["beta_eff"] and s["gradpred_max"] < base["gradpred_max"]
-            out.append((f"E5: {LABELS[v]} smooths the landscape as BN does", measured, verdict(ok)))
+            out.append((f"E5: {label(v)} smooths the landscape as BN does", measured, verdict(ok)))
         layers = scaled_layers(n_conv(doc), (3, 11))
         rows = []
         for v in ("batchnorm", "l1", "l2", "linf", "standard"):
             run = find(doc, v, lr)
             if run:
                 stats = [shape_stats(samples(run, k, arrays, run_name_of(doc, run))[-1]) for k in layers]
-                rows.append(f"{LABELS[v]} " + ", ".join(f"layer {k}: skew {fmt(sk, 2)}, kurtosis {fmt(ku, 2)}"
+                rows.append(f"{label(v)} " + ", ".join(f"layer {k}: skew {fmt(sk, 2)}, kurtosis {fmt(ku, 2)}"
                                                         for k, (sk, ku) in zip(layers, stats)))
         out.append(("E5: the Lp variants do this without Gaussian-like activations (skewness and excess kurtosis "
                     "of one unit's pre-activations at the last step; 0 and 0 for a Gaussian)", "; ".join(rows),
                     "descriptive: compare the numbers and fig12"))
     return out
+
+
+def step_rate(run):
+    """Images/s of the run's bare training step: recorded by runs made before the benchmark moved
+    to benchmarks/bench_vgg_variants.py, "-" for the others."""
+    rate = run.get("step_images_per_s")
+    return "-" if rate is None else f"{rate:.0f}"
 
 
 def runs_table(doc):
@@ -421,7 +423,7 @@ def runs_table(doc):
         rows.append([name, ", ".join(run.get("experiments", [])), fmt(tail_mean(run["loss"])),
                      fmt(final(run, "train_acc")), fmt(final(run, "test_acc")),
                      "-" if run["diverged_at"] is None else run["diverged_at"],
-                     f"{run['wall_s']:.0f}", f"{run['step_images_per_s']:.0f}"])
+                     f"{run['wall_s']:.0f}", step_rate(run)])
     return report.table(["run", "experiments", "final train loss", "train acc", "test acc", "diverged at",
                          "wall s", "step images/s"], rows)
 
@@ -453,7 +455,8 @@ def report_markdown(doc, arrays, figures):
         "## Runs", "", runs_table(doc), "",
         "\"final train loss\" is the mean training-batch loss over the last 10% of steps (train mode: noisy BN's "
         "with its noise); accuracies are the last evaluation; \"step images/s\" times the bare training step "
-        "(forward, backward, update) of the variant on this machine.", "",
+        "(forward, backward, update) of the variant on this machine (`-`: not timed by the study; "
+        "`python benchmarks/bench_vgg_variants.py --preset PRESET` times it).", "",
         "## Figures", "",
     ]
     lines += [f"![{f}]({f}.png)" for f in figures]
@@ -461,16 +464,25 @@ def report_markdown(doc, arrays, figures):
 
 
 def write_all(out, doc):
-    """results.json (+ results.npz), the figures and report.md in ``out``."""
+    """results.json (+ results.npz), the figures and report.md in ``out``; returns what results.json holds."""
     slim, arrays = split_arrays(doc)
     io.write_json(os.path.join(out, "results.json"), slim)
-    io.write_npz(os.path.join(out, "results.npz"), **{k.replace("/", "__"): v for k, v in arrays.items()})
+    io.write_npz(os.path.join(out, "results.npz"), **{k.replace("/", NPZ_SEP): v for k, v in arrays.items()})
+    write_figures_and_report(out, slim, arrays)
+    return slim
+
+
+NPZ_SEP = "__"  # "/" of an array's name as stored in results.npz
+
+
+def write_figures_and_report(out, doc, arrays):
+    """The figures the study's experiments call for, and report.md; returns the figures' names."""
     cfg = doc["config"]
     lr = cfg["lr"]
     made = []
 
     def make(name, fn, *args):
-        fn(slim, *args) if fn not in NEEDS_ARRAYS else fn(slim, arrays, *args)
+        fn(doc, *args) if fn not in NEEDS_ARRAYS else fn(doc, arrays, *args)
         made.append(name)
 
     path = lambda name: os.path.join(out, f"{name}.png")  # noqa: E731
@@ -493,8 +505,21 @@ def write_all(out, doc):
         make("fig5_lp_training", fig_accuracy, path("fig5_lp_training"), lp, [lr], "E5")
         make("fig6_lp_landscape", fig_landscape, path("fig6_lp_landscape"), lp, lr)
         make("fig12_lp_activations", fig_histograms, path("fig12_lp_activations"), lp, (3, 11), lr)
-    io.write_text(os.path.join(out, "report.md"), report_markdown(slim, arrays, made))
+    common.write_report(out, report_markdown(doc, arrays, made))
     return made
 
 
 NEEDS_ARRAYS = (fig_histograms, fig_ridges)
+
+
+def main(argv=None):
+    """``python -m minibn.studies.vgg_report DIR``: rebuild DIR's figures and report.md from its results."""
+    out = common.report_folder("minibn.studies.vgg_report", argv)
+    doc, stored = common.read_results(out)
+    write_figures_and_report(out, doc, {k.replace(NPZ_SEP, "/"): v for k, v in stored.items()})
+    print(os.path.join(out, "report.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
