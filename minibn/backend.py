@@ -11,6 +11,8 @@ both backends.
 'numpy'
 """
 
+import sys
+
 import numpy
 
 BACKENDS = ("numpy", "cupy")
@@ -73,15 +75,25 @@ def name_of(xp):
     return "cupy" if xp.__name__ == "cupy" else "numpy"
 
 
+def _loaded_cupy():
+    """The ``cupy`` module if it has been imported (a device array cannot exist otherwise)."""
+    return sys.modules.get("cupy")
+
+
 def _is_cupy_array(a):
-    return type(a).__module__.startswith("cupy")
+    cupy = _loaded_cupy()
+    return cupy is not None and isinstance(a, getattr(cupy, "ndarray", ()))
 
 
 def array_module(*arrays):
-    """The array module of the given arrays (CuPy if any of them lives on the GPU)."""
+    """The array module of the given arrays (CuPy if any of them lives on the GPU).
+
+    A device array proves the GPU usable, so this asks the driver nothing: layers call
+    it on every forward and backward.
+    """
     for a in arrays:
         if _is_cupy_array(a):
-            return get("cupy")
+            return _loaded_cupy()
     return numpy
 
 
