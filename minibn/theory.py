@@ -1,23 +1,25 @@
 """The paper's Section 4 (and Appendix C) as functions of a layer's actual arrays.
 
-Setup (protocol.md §5, derivations in docs/theory.md). One weight layer y = x W on a
-batch of m rows, then BatchNorm with **eps = 0** and the **population** variance; for
-a unit (channel) j, with columns of length m:
+Setup (protocol.md §5, derivations in docs/theory.md), in the symbols of minibn's layers.
+One weight layer x = h W (+ b) on a batch of m rows, then BatchNorm with **eps = 0** and
+the **population** variance; for a unit (channel) j, with columns of length m:
 
-    mu_j = 1^T y_j / m,   sigma_j^2 = ||y_j - mu_j 1||^2 / m,   y_hat_j = (y_j - mu_j 1) / sigma_j
-    z_j = gamma_j y_hat_j + beta_j,    g_hat_j = dL/dz_j (the downstream gradient)
-    P_j = I - 1 1^T / m - y_hat_j y_hat_j^T / m          (||y_hat_j||^2 = m)
+    mu_j = 1^T x_j / m,   std_j^2 = var_j = ||x_j - mu_j 1||^2 / m,   x_hat_j = (x_j - mu_j 1) / std_j
+    y_j = gamma_j x_hat_j + beta_j,    dy_j = dL/dy_j (the downstream gradient)
+    P_j = I - 1 1^T / m - x_hat_j x_hat_j^T / m          (||x_hat_j||^2 = m)
+
+(the paper writes y, y_hat, sigma, z, g_hat for x, x_hat, std, y, dy).
 
 Every function returns the two sides of one statement: the side computed by minibn's
-own layer code (``minibn.nn.batchnorm.forward``/``backward`` with eps = 0,
-``minibn.nn.dense.forward``/``backward``: the code users train with) and the side the
-theory predicts, computed here from first principles (:func:`column_stats` recomputes
-mu, sigma and y_hat). A check therefore fails if either the code or the statement is
+own layer code (``minibn.nn.batchnorm.forward_inplace``/``backward_inplace`` with eps = 0,
+the pair BatchNorm trains with, and ``minibn.nn.dense.forward``/``backward``) and the side
+the theory predicts, computed here from first principles (:func:`column_stats` recomputes
+mu, std and x_hat). A check therefore fails if either the code or the statement is
 wrong. Conv layers fit the same frame: channels-last makes every axis but the last a
 batch axis, so a channel's "column" pools the N*H*W values of that channel (m = N*H*W),
 and the conv is a Dense layer on the im2col patch matrix.
 
-A *downstream loss* is a callable ``loss(z) -> (value, dL/dz)`` (a minibn loss with
+A *downstream loss* is a callable ``loss(y) -> (value, dL/dy)`` (a minibn loss with
 its target bound, or the rest of a network); :func:`smooth_loss` builds random smooth
 ones with exact Hessian-vector products. Relative errors are
 ``max|a - b| / max(max|a|, max|b|, scale)`` (:func:`relative_error`).
@@ -28,13 +30,9 @@ import math
 from minibn import backend, gradcheck
 from minibn.nn import batchnorm, dense
 from minibn.nn.losses import softmax_cross_entropy, squared_error
+from minibn.nn.normalization import channel_rows as rows
 
 TINY = 1e-300
-
-
-def rows(a):
-    """a as (m, C): every axis but the last is a batch axis (channels-last)."""
-    return a.reshape(-1, a.shape[-1])
 
 
 def relative_error(a, b, scale=0.0):
@@ -46,113 +44,113 @@ def relative_error(a, b, scale=0.0):
     return diff / size
 
 
-def conditioning(y):
-    """max over channels of max|y_j| / sigma_j: how much float64 rounding the mean subtraction
+def conditioning(x):
+    """max over channels of max|x_j| / std_j: how much float64 rounding the mean subtraction
     amplifies (errors of every BN quantity grow like this times 1e-16)."""
-    _, sigma, _, _ = column_stats(y)
-    return float((abs(rows(y)).max(axis=0) / sigma).max())
+    _, std, _, _ = column_stats(x)
+    return float((abs(rows(x)).max(axis=0) / std).max())
 
 
-def column_stats(y):
-    """First principles, per column of ``rows(y)``: (mu, sigma, y_hat, m) with the population sigma."""
-    y = rows(y)
-    m = y.shape[0]
-    mu = y.sum(axis=0) / m
-    centred = y - mu
-    sigma = ((centred * centred).sum(axis=0) / m) ** 0.5
-    return mu, sigma, centred / sigma, m
+def column_stats(x):
+    """First principles, per column of ``rows(x)``: (mu, std, x_hat, m) with the population std."""
+    x = rows(x)
+    m = x.shape[0]
+    mu = x.sum(axis=0) / m
+    centred = x - mu
+    std = ((centred * centred).sum(axis=0) / m) ** 0.5
+    return mu, std, centred / std, m
 
 
-def bn_forward(y, gamma, beta):
-    """minibn's BatchNorm forward with eps = 0 (batch statistics): ``(z, cache)``."""
-    z, cache, _ = batchnorm.forward(y, gamma, beta, eps=0.0)
-    return z, cache
+def bn_forward(x, gamma, beta):
+    """minibn's BatchNorm forward with eps = 0 (batch statistics, as the layer trains): ``(y, cache)``."""
+    return batchnorm.forward_inplace(x, gamma, beta, eps=0.0)
 
 
-def bn_input_grad(y, gamma, beta, g_hat):
-    """dL_hat/dy by minibn's BatchNorm backward (eps = 0) for the downstream gradient g_hat."""
-    _, cache = bn_forward(y, gamma, beta)
-    dy, _ = batchnorm.backward(g_hat, cache)
-    return dy
+def bn_input_grad(x, gamma, beta, dy):
+    """dL_hat/dx by minibn's BatchNorm backward (eps = 0) for the downstream gradient dy."""
+    _, cache = bn_forward(x, gamma, beta)
+    dx, _ = batchnorm.backward_inplace(dy, cache)
+    return dx
 
 
-def projection_grad(y, gamma, g_hat):
-    """The theory's dL_hat/dy = (gamma/sigma) P g_hat = (gamma/(m sigma)) (m g_hat - 1<1,g_hat> - y_hat<g_hat,y_hat>)."""
-    _, sigma, y_hat, m = column_stats(y)
-    g = rows(g_hat)
-    out = (gamma / (m * sigma)) * (m * g - g.sum(axis=0) - y_hat * (g * y_hat).sum(axis=0))
-    return out.reshape(g_hat.shape)
+def projection_grad(x, gamma, dy):
+    """The theory's dL_hat/dx = (gamma/std) P dy = (gamma/(m std)) (m dy - 1<1,dy> - x_hat<dy,x_hat>)."""
+    _, std, x_hat, m = column_stats(x)
+    dy2 = rows(dy)
+    dx = (gamma / (m * std)) * (m * dy2 - dy2.sum(axis=0) - x_hat * (dy2 * x_hat).sum(axis=0))
+    return dx.reshape(dy.shape)
 
 
 # --- BN's Jacobian ------------------------------------------------------------------
 
-def bn_jacobian(y, gamma, beta, rows_idx=None, numeric=True):
-    """dz_j/dy_j for every channel j, three ways, as arrays of shape (C, r, m):
+def bn_jacobian(x, gamma, beta, rows_idx=None, numeric=True):
+    """dy_j/dx_j for every channel j, three ways, as arrays of shape (C, r, m):
 
     ``code``: row k of each channel's Jacobian is minibn's backward of the unit cotangent
     e_k (put in every channel at once: BN never mixes channels); ``numeric``: central
     differences of minibn's forward (gradcheck.numerical_jacobian), transposed to rows;
-    ``theory``: (gamma/sigma) P. ``rows_idx`` (default all m) picks which rows k to build,
+    ``theory``: (gamma/std) P. ``rows_idx`` (default all m) picks which rows k to build,
     for channels with many values (conv). Also ``annihilated``: max |code @ 1| and
-    |code @ y_hat| relative to the rows' size (P 1 = P y_hat = 0), and when all rows are
-    built ``idempotence``: relative error of (P_code)^2 = P_code, P_code = (sigma/gamma) code.
+    |code @ x_hat| relative to the rows' size (P 1 = P x_hat = 0), and when all rows are
+    built ``idempotence``: relative error of (P_code)^2 = P_code, P_code = (std/gamma) code.
     """
-    y2 = rows(y).copy()
-    m, C = y2.shape
-    xp = backend.array_module(y2)
+    x2 = rows(x).copy()
+    m, C = x2.shape
+    xp = backend.array_module(x2)
     idx = list(range(m)) if rows_idx is None else [int(k) for k in rows_idx]
-    _, sigma, y_hat, _ = column_stats(y2)
-    _, cache = bn_forward(y2, gamma, beta)
+    _, std, x_hat, _ = column_stats(x2)
+    _, cache = bn_forward(x2, gamma, beta)
     code = []
     for k in idx:
-        unit = xp.zeros_like(y2)
+        unit = xp.zeros_like(x2)
         unit[k, :] = 1.0
-        code.append(batchnorm.backward(unit, cache)[0])            # (m, C): row k of every channel
+        code.append(batchnorm.backward_inplace(unit, cache)[0])    # (m, C): row k of every channel
     code = xp.stack(code, axis=0).transpose(2, 0, 1)                 # (C, r, m)
-    eye_rows = xp.eye(m, dtype=y2.dtype)[idx]                        # (r, m)
-    y_hat_c = y_hat.T                                                # (C, m)
-    P_rows = eye_rows[None] - 1.0 / m - y_hat_c[:, idx, None] * y_hat_c[:, None, :] / m
-    theory = (gamma / sigma)[:, None, None] * P_rows
+    eye_rows = xp.eye(m, dtype=x2.dtype)[idx]                        # (r, m)
+    x_hat_c = x_hat.T                                                # (C, m)
+    P_rows = eye_rows[None] - 1.0 / m - x_hat_c[:, idx, None] * x_hat_c[:, None, :] / m
+    theory = (gamma / std)[:, None, None] * P_rows
     out = {"code": code, "theory": theory, "m": m, "rows": idx}
     scale = float(abs(theory).max())
-    probes = xp.stack([xp.ones_like(y_hat_c), y_hat_c], axis=2)      # (C, m, 2)
+    probes = xp.stack([xp.ones_like(x_hat_c), x_hat_c], axis=2)      # (C, m, 2)
     out["annihilated"] = float(abs(code @ probes).max()) / max(scale * math.sqrt(m), TINY)
     if len(idx) == m:
-        P_code = code * (sigma / gamma)[:, None, None]
+        P_code = code * (std / gamma)[:, None, None]
         out["idempotence"] = relative_error(P_code @ P_code, P_code)
     if numeric:
         cols = []
         for j in range(C):
-            sub = y2[idx, j].copy()
-            work = y2.copy()
+            sub = x2[idx, j].copy()
+            work = x2.copy()
 
             def column_out(j=j, sub=sub, work=work):
                 work[idx, j] = sub
                 return bn_forward(work, gamma, beta)[0][:, j]
-            cols.append(gradcheck.numerical_jacobian(column_out, sub, eps=1e-5 * float(sigma[j])).T)
+            cols.append(gradcheck.numerical_jacobian(column_out, sub, eps=1e-5 * float(std[j])).T)
         out["numeric"] = xp.stack(cols, axis=0)
     return out
 
 
 # --- Theorem 4.1 --------------------------------------------------------------------
 
-def theorem_4_1(y, gamma, beta, g_hat):
-    """Per channel: ``lhs`` = ||dL_hat/dy_j||^2 from minibn's backward, ``rhs`` = the theorem's
+def theorem_4_1(x, gamma, beta, dy):
+    """Per channel: ``lhs`` = ||dL_hat/dx_j||^2 from minibn's backward, ``rhs`` = the theorem's
 
-        (gamma^2/sigma^2) (||g_hat||^2 - <1,g_hat>^2/m - <g_hat,y_hat>^2/m)      (equality),
+        (gamma^2/std^2) (||dy||^2 - <1,dy>^2/m - <dy,x_hat>^2/m)      (equality),
 
-    ``rhs_printed`` = the published form with 1/sqrt(m) on the last term, and ``scale``
-    = (gamma^2/sigma^2) ||g_hat||^2, the size the errors are measured against.
+    ``rhs_printed`` = the published form with 1/sqrt(m) on the last term, ``scale``
+    = (gamma^2/std^2) ||dy||^2, the size the errors are measured against, and
+    ``g_dot_yhat`` = <dy, x_hat> (the key keeps the paper's <g_hat, y_hat>).
     """
-    _, sigma, y_hat, m = column_stats(y)
-    g = rows(g_hat)
-    grad = rows(bn_input_grad(y, gamma, beta, g_hat))
-    factor = gamma * gamma / (sigma * sigma)
-    sq, s1, sy = (g * g).sum(axis=0), g.sum(axis=0), (g * y_hat).sum(axis=0)
-    return {"lhs": (grad * grad).sum(axis=0),
-            "rhs": factor * (sq - s1 * s1 / m - sy * sy / m),
-            "rhs_printed": factor * (sq - s1 * s1 / m - sy * sy / math.sqrt(m)),
-            "scale": factor * sq, "m": m, "g_dot_yhat": sy}
+    _, std, x_hat, m = column_stats(x)
+    dy2 = rows(dy)
+    dx = rows(bn_input_grad(x, gamma, beta, dy))
+    factor = gamma * gamma / (std * std)
+    sq, s1, sx = (dy2 * dy2).sum(axis=0), dy2.sum(axis=0), (dy2 * x_hat).sum(axis=0)
+    return {"lhs": (dx * dx).sum(axis=0),
+            "rhs": factor * (sq - s1 * s1 / m - sx * sx / m),
+            "rhs_printed": factor * (sq - s1 * s1 / m - sx * sx / math.sqrt(m)),
+            "scale": factor * sq, "m": m, "g_dot_yhat": sx}
 
 
 # --- Theorem 4.2 --------------------------------------------------------------------
@@ -169,79 +167,80 @@ def second_derivative(grad_fn, x, v, h):
     return r2, abs(r2 - r1)
 
 
-def theorem_4_2(y, gamma, beta, loss, j, hvp=None, rel_step=1e-3):
-    """The proof's identity (eq. 50) for unit j, with g' = dL_hat/dy_j and H = d^2L/dz_j dz_j:
+def theorem_4_2(x, gamma, beta, loss, j, hvp=None, rel_step=1e-3):
+    """The proof's identity (eq. 50) for unit j, with g' = dL_hat/dx_j and H = d^2L/dy_j dy_j:
 
-        g'^T (d^2 L_hat / dy_j dy_j) g' = (gamma^2/sigma^2) g'^T H g' - (gamma/(m sigma^2)) <g_hat, y_hat> ||g'||^2
+        g'^T (d^2 L_hat / dx_j dx_j) g' = (gamma^2/std^2) g'^T H g' - (gamma/(m std^2)) <dy, x_hat> ||g'||^2
 
-    ``lhs``: second derivative of L_hat(y) = loss(BN(y)) along g', from gradients of minibn's
-    BN forward/backward (:func:`second_derivative`); ``rhs`` from H g' (``hvp(z, v)`` when
-    given, else differences of the loss gradient in z) and first-principles statistics.
+    ``lhs``: second derivative of L_hat(x) = loss(BN(x)) along g', from gradients of minibn's
+    BN forward/backward (:func:`second_derivative`); ``rhs`` from H g' (``hvp(y, v)`` when
+    given, else differences of the loss gradient in y) and first-principles statistics.
     Also ``curvature_term``, ``mean_term`` (the two terms of rhs), ``scale`` (their absolute
     sum) and ``spread`` (finite-difference consistency, relative to scale).
     """
-    y = y.copy()
-    _, sigma, y_hat, m = column_stats(y)
-    z, _ = bn_forward(y, gamma, beta)
-    _, g_hat = loss(z)
+    x = x.copy()
+    _, std, x_hat, m = column_stats(x)
+    y, _ = bn_forward(x, gamma, beta)
+    _, dy = loss(y)
 
-    def grad_L_hat(yy):
-        return bn_input_grad(yy, gamma, beta, loss(bn_forward(yy, gamma, beta)[0])[1])
+    def grad_L_hat(xx):
+        return bn_input_grad(xx, gamma, beta, loss(bn_forward(xx, gamma, beta)[0])[1])
 
-    g_prime = backend.array_module(y).zeros_like(y)
-    g_prime[..., j] = grad_L_hat(y)[..., j]
+    g_prime = backend.array_module(x).zeros_like(x)
+    g_prime[..., j] = grad_L_hat(x)[..., j]
     norm2 = float((g_prime * g_prime).sum())
-    g_dot_yhat = float((rows(g_hat)[:, j] * y_hat[:, j]).sum())
-    gam, sig = float(gamma[j]), float(sigma[j])
+    dy_dot_x_hat = float((rows(dy)[:, j] * x_hat[:, j]).sum())
+    gam, sd = float(gamma[j]), float(std[j])
     if norm2 == 0.0:
         return {"lhs": 0.0, "rhs": 0.0, "curvature_term": 0.0, "mean_term": 0.0, "scale": 0.0, "spread": 0.0}
     v = g_prime / math.sqrt(norm2)
-    lhs, spread_y = second_derivative(grad_L_hat, y, v, rel_step * sig * math.sqrt(m))
+    lhs, spread_x = second_derivative(grad_L_hat, x, v, rel_step * sd * math.sqrt(m))
     lhs *= norm2
     if hvp is not None:
-        quad, spread_z = float((g_prime * hvp(z, g_prime)).sum()), 0.0
+        quad, spread_y = float((g_prime * hvp(y, g_prime)).sum()), 0.0
     else:
-        z_rms = math.sqrt(float((z[..., j] * z[..., j]).sum()) / m) or 1.0
-        quad, spread_z = second_derivative(lambda zz: loss(zz)[1], z, v, rel_step * z_rms * math.sqrt(m))
-        quad, spread_z = quad * norm2, spread_z * norm2
-    curvature = gam * gam / (sig * sig) * quad
-    mean_term = gam / (m * sig * sig) * g_dot_yhat * norm2
+        y_rms = math.sqrt(float((y[..., j] * y[..., j]).sum()) / m) or 1.0
+        quad, spread_y = second_derivative(lambda yy: loss(yy)[1], y, v, rel_step * y_rms * math.sqrt(m))
+        quad, spread_y = quad * norm2, spread_y * norm2
+    curvature = gam * gam / (sd * sd) * quad
+    mean_term = gam / (m * sd * sd) * dy_dot_x_hat * norm2
     scale = abs(curvature) + abs(mean_term)
-    spread = (spread_y * norm2 + gam * gam / (sig * sig) * spread_z) / max(scale, TINY)
+    spread = (spread_x * norm2 + gam * gam / (sd * sd) * spread_y) / max(scale, TINY)
     return {"lhs": lhs, "rhs": curvature - mean_term, "curvature_term": curvature, "mean_term": mean_term,
             "scale": scale, "spread": spread}
 
 
 # --- Observation 4.3 ----------------------------------------------------------------
 
-def observation_4_3(y):
-    """minibn's BN forward with gamma = sigma, beta = mu (eps = 0): ``z`` should equal ``y``."""
-    mu, sigma, _, _ = column_stats(y)
-    z, _ = bn_forward(y, sigma, mu)
-    return {"z": z, "y": y}
+def observation_4_3(x):
+    """minibn's BN forward with gamma = std, beta = mu (eps = 0): its output should equal its
+    input. Returns ``{"z": output, "y": input}`` (the keys keep the paper's z = BN(y))."""
+    mu, std, _, _ = column_stats(x)
+    y, _ = bn_forward(x, std, mu)
+    return {"z": y, "y": x}
 
 
 # --- Theorem 4.4 --------------------------------------------------------------------
 
-def theorem_4_4(x, W, gamma, beta, loss, b=None, grad_W=None):
-    """The weight gradient of Dense -> BN -> loss (x: (m, d) inputs or a conv's patch matrix).
+def theorem_4_4(h, W, gamma, beta, loss, b=None, grad_W=None):
+    """The weight gradient of Dense -> BN -> loss (h: (m, d) inputs or a conv's patch matrix,
+    x = h W + b the BN's input).
 
     ``code``: dL_hat/dW from minibn's Dense backward of its BN backward (columns = units j);
-    ``chain``: the theory's x^T (gamma/sigma) P g_hat from first principles; ``model``: a
+    ``chain``: the theory's h^T (gamma/std) P dy from first principles; ``model``: a
     caller's ``grad_W`` (e.g. a trained network's Conv2d gradient reshaped to (d, C)) if
-    given. Per unit: ``lhs`` = ||dL_hat/dW_j||^2 and ``bound`` = lambda^2 (gamma^2/sigma^2)
-    (||g_hat||^2 - <1,g_hat>^2/m - <g_hat,y_hat>^2/m) with lambda = ||x||_2, so lhs <= bound.
+    given. Per unit: ``lhs`` = ||dL_hat/dW_j||^2 and ``bound`` = lambda^2 (gamma^2/std^2)
+    (||dy||^2 - <1,dy>^2/m - <dy,x_hat>^2/m) with lambda = ||h||_2, so lhs <= bound.
     """
-    xp = backend.array_module(x, W)
-    y, dense_cache = dense.forward(x, W, b)
-    z, bn_cache = bn_forward(y, gamma, beta)
-    _, g_hat = loss(z)
-    dy, _ = batchnorm.backward(g_hat, bn_cache)
-    _, grads = dense.backward(dy, dense_cache)
-    lam = spectral_norm(x)
-    thm41 = theorem_4_1(y, gamma, beta, g_hat)
+    x, dense_cache = dense.forward(h, W, b)
+    y, bn_cache = bn_forward(x, gamma, beta)
+    _, dy = loss(y)
+    dx, _ = batchnorm.backward_inplace(dy, bn_cache)
+    _, grads = dense.backward(dx, dense_cache)
+    lam = spectral_norm(h)
+    thm41 = theorem_4_1(x, gamma, beta, dy)
     code = grads["W"]
-    out = {"code": code, "chain": x.T @ projection_grad(y, gamma, g_hat), "lam": lam,
+    out = {"code": code, "chain": h.T @ projection_grad(x, gamma, dy), "lam": lam,
            "lhs": (code * code).sum(axis=0), "bound": lam * lam * thm41["rhs"],
            "bound_scale": lam * lam * thm41["scale"], "grad_scale": math.sqrt(float(thm41["scale"].max())) * lam}
     if grad_W is not None:
@@ -249,10 +248,10 @@ def theorem_4_4(x, W, gamma, beta, loss, b=None, grad_W=None):
     return out
 
 
-def spectral_norm(x):
-    """||x||_2, the largest singular value (lambda of Theorem 4.4)."""
-    xp = backend.array_module(x)
-    return float(xp.linalg.svd(x, compute_uv=False)[0])
+def spectral_norm(h):
+    """||h||_2, the largest singular value (lambda of Theorem 4.4)."""
+    xp = backend.array_module(h)
+    return float(xp.linalg.svd(h, compute_uv=False)[0])
 
 
 # --- Lemma 4.5 ----------------------------------------------------------------------
@@ -269,63 +268,63 @@ def lemma_4_5_identity(W0, W_star):
     return {"lhs": float((d * d).sum()), "rhs": far - (a - b) ** 2 / a, "k": k, "scale": far + (a - b) ** 2 / a}
 
 
-def _bn_neuron(x, w, gamma, beta, t):
+def bn_neuron(h, w, gamma, beta, t):
     """One neuron without bias, BN (eps = 0), identity activation, summed squared error, all by
     minibn's code: (loss, dL/dw, dL/dgamma, dL/dbeta)."""
-    y, dcache = dense.forward(x, w)
-    z, bcache = bn_forward(y, gamma, beta)
-    loss, dz = squared_error(z, t, reduction="sum")
-    dy, bgrads = batchnorm.backward(dz, bcache)
-    _, dgrads = dense.backward(dy, dcache)
-    return loss, dgrads["W"], bgrads["gamma"], bgrads["beta"]
+    x, dense_cache = dense.forward(h, w)
+    y, bn_cache = bn_forward(x, gamma, beta)
+    loss, dy = squared_error(y, t, reduction="sum")
+    dx, bn_grads = batchnorm.backward_inplace(dy, bn_cache)
+    _, dense_grads = dense.backward(dx, dense_cache)
+    return loss, dense_grads["W"], bn_grads["gamma"], bn_grads["beta"]
 
 
-def best_affine(y, t):
-    """The (gamma, beta) minimizing ||gamma y_hat + beta - t||^2 for y's normalized column: the
-    least-squares fit beta = mean(t), gamma = <t, y_hat>/m (y_hat is centred with ||y_hat||^2 = m)."""
-    _, _, y_hat, m = column_stats(y)
+def best_affine(x, t):
+    """The (gamma, beta) minimizing ||gamma x_hat + beta - t||^2 for x's normalized column: the
+    least-squares fit beta = mean(t), gamma = <t, x_hat>/m (x_hat is centred with ||x_hat||^2 = m)."""
+    _, _, x_hat, m = column_stats(x)
     tt = rows(t)
-    return (tt * y_hat).sum(axis=0) / m, tt.sum(axis=0) / m
+    return (tt * x_hat).sum(axis=0) / m, tt.sum(axis=0) / m
 
 
-def lemma_4_5_premise(x, t, ks=(0.5, 1.0, 2.0)):
+def lemma_4_5_premise(h, t, ks=(0.5, 1.0, 2.0)):
     """Does k W* (W* an optimum of the standard network) optimize the BN network?
 
-    One neuron y = x w (no bias), identity activation, summed squared error against t.
-    Standard network: w* solves the normal equations x^T x w = x^T t. BN network: the
+    One neuron x = h w (no bias), identity activation, summed squared error against t.
+    Standard network: w* solves the normal equations h^T h w = h^T t. BN network: the
     same neuron followed by BN (eps = 0) with trainable gamma, beta. At (k w*, gamma,
     beta), gamma and beta are stationary only at the least-squares fit (:func:`best_affine`);
     there the BN gradient in w is reported for each k (scale invariance makes it 1/k times
     the k = 1 value). The BN network's optimal weights are the multiples of the slope
-    a of the least-squares fit t ~ x a + c with an intercept, and its optimal loss is that
+    a of the least-squares fit t ~ h a + c with an intercept, and its optimal loss is that
     fit's residual. The premise holds for the instance iff w* is parallel to a.
 
     Also the lemma's inequality at the initialization W0 = w*: ``lemma_rhs`` is 0 there,
     and ``lemma_lhs`` = squared distance from W0 to the closest BN optimum (the line of a).
     """
-    xp = backend.array_module(x, t)
-    m, d = x.shape
+    xp = backend.array_module(h, t)
+    m, d = h.shape
     tt = t.reshape(m, 1)
-    w_star = xp.linalg.solve(x.T @ x, x.T @ tt)                               # (d, 1)
-    y_star, cache = dense.forward(x, w_star)
-    std_loss, dpred = squared_error(y_star, tt, reduction="sum")
+    w_star = xp.linalg.solve(h.T @ h, h.T @ tt)                               # (d, 1)
+    x_star, cache = dense.forward(h, w_star)
+    std_loss, dpred = squared_error(x_star, tt, reduction="sum")
     std_grad = dense.backward(dpred, cache)[1]["W"]
-    design = xp.concatenate([x, xp.ones((m, 1), dtype=x.dtype)], axis=1)
+    design = xp.concatenate([h, xp.ones((m, 1), dtype=h.dtype)], axis=1)
     coef = xp.linalg.lstsq(design, tt, rcond=None)[0]
     slope = coef[:d]
-    gamma_opt, beta_opt = best_affine(x @ slope, tt)
-    bn_opt_loss, bn_opt_gw, bn_opt_gg, bn_opt_gb = _bn_neuron(x, slope, gamma_opt, beta_opt, tt)
+    gamma_opt, beta_opt = best_affine(h @ slope, tt)
+    bn_opt_loss, bn_opt_gw, bn_opt_gg, bn_opt_gb = bn_neuron(h, slope, gamma_opt, beta_opt, tt)
     at_k = []
     for k in ks:
-        gamma, beta = best_affine(x @ (k * w_star), tt)
-        loss, gw, gg, gb = _bn_neuron(x, k * w_star, gamma, beta, tt)
+        gamma, beta = best_affine(h @ (k * w_star), tt)
+        loss, gw, gg, gb = bn_neuron(h, k * w_star, gamma, beta, tt)
         at_k.append({"k": float(k), "gamma": float(gamma[0]), "beta": float(beta[0]), "bn_loss": loss,
                      "grad_w_norm": float(xp.sqrt((gw * gw).sum())),
                      "grad_gamma_beta": max(abs(float(gg[0])), abs(float(gb[0])))})
     proj = float((w_star * slope).sum()) / float((slope * slope).sum())
     gap = w_star - proj * slope
     parallel = relative_error(w_star, proj * slope)
-    return {"x": x, "t": t, "w_star": w_star[:, 0], "standard_loss": std_loss,
+    return {"x": h, "t": t, "w_star": w_star[:, 0], "standard_loss": std_loss,
             "standard_grad_norm": float(xp.sqrt((std_grad * std_grad).sum())),
             "bn_opt_w": slope[:, 0], "bn_opt_gamma": float(gamma_opt[0]), "bn_opt_beta": float(beta_opt[0]),
             "bn_opt_loss": bn_opt_loss,
@@ -336,14 +335,14 @@ def lemma_4_5_premise(x, t, ks=(0.5, 1.0, 2.0)):
 
 
 def lemma_4_5_counterexample(xp=None):
-    """The documented instance: x = [[1,0],[0,1],[1,1]], t = [1,2,4] (three points, one neuron,
+    """The documented instance: h = [[1,0],[0,1],[1,1]], t = [1,2,4] (three points, one neuron,
     identity activation). Exactly: w* = (4/3, 7/3) with standard loss 1/3; the best BN loss on
     the ray k w* is 2/37 for every k > 0; the BN optimum is the ray of (2, 3) with loss 0; and
     at W0 = w* the lemma claims 4/117 <= 0."""
     xp = backend.get(xp or "numpy")
-    x = xp.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    h = xp.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     t = xp.asarray([1.0, 2.0, 4.0])
-    out = lemma_4_5_premise(x, t)
+    out = lemma_4_5_premise(h, t)
     out["exact"] = {"w_star": [4 / 3, 7 / 3], "standard_loss": 1 / 3, "bn_loss_on_ray": 2 / 37,
                     "bn_opt_w_direction": [2.0, 3.0], "bn_opt_loss": 0.0, "lemma_lhs": 4 / 117, "lemma_rhs": 0.0}
     return out
@@ -351,22 +350,23 @@ def lemma_4_5_counterexample(xp=None):
 
 # --- Scale invariance ---------------------------------------------------------------
 
-def scale_invariance(x, W, gamma, beta, loss, a, b=None):
-    """Dense -> BN (eps = 0) -> loss at W and at a W (a > 0), by minibn's code: ``z``/``z_scaled``
-    (equal), ``loss``/``loss_scaled`` (equal), ``grad_W`` and ``a * grad_W_scaled`` (equal: the
-    gradient scales as 1/a), and ``grad_scale`` = ||x||_2 max_j (|gamma_j|/sigma_j) ||g_hat_j||, the
-    size of the gradient's bound (Theorem 4.4) that errors are measured against."""
+def scale_invariance(h, W, gamma, beta, loss, a, b=None):
+    """Dense -> BN (eps = 0) -> loss at W and at a W (a > 0), by minibn's code: the BN outputs
+    ``z``/``z_scaled`` (equal; the keys keep the paper's z), ``loss``/``loss_scaled`` (equal),
+    ``grad_W`` and ``a * grad_W_scaled`` (equal: the gradient scales as 1/a), and ``grad_scale``
+    = ||h||_2 max_j (|gamma_j|/std_j) ||dy_j||, the size of the gradient's bound (Theorem 4.4)
+    that errors are measured against."""
     out = {}
     for tag, s in (("", 1.0), ("_scaled", float(a))):
-        y, dense_cache = dense.forward(x, s * W, b)
-        z, bn_cache = bn_forward(y, gamma, beta)
-        value, g_hat = loss(z)
-        dy, _ = batchnorm.backward(g_hat, bn_cache)
-        out["z" + tag], out["loss" + tag] = z, value
-        out["grad_W" + tag] = dense.backward(dy, dense_cache)[1]["W"]
+        x, dense_cache = dense.forward(h, s * W, b)
+        y, bn_cache = bn_forward(x, gamma, beta)
+        value, dy = loss(y)
+        dx, _ = batchnorm.backward_inplace(dy, bn_cache)
+        out["z" + tag], out["loss" + tag] = y, value
+        out["grad_W" + tag] = dense.backward(dx, dense_cache)[1]["W"]
         if not tag:
-            r = theorem_4_1(y, gamma, beta, g_hat)
-            out["grad_scale"] = spectral_norm(x) * math.sqrt(float(r["scale"].max()))
+            r = theorem_4_1(x, gamma, beta, dy)
+            out["grad_scale"] = spectral_norm(h) * math.sqrt(float(r["scale"].max()))
     out["a_grad_W_scaled"] = float(a) * out["grad_W_scaled"]
     return out
 
@@ -386,15 +386,15 @@ def _sigmoid(u, xp):
 
 
 def smooth_loss(kind, shape, rng=None, xp=None, dtype="float64"):
-    """A random smooth downstream loss on z of ``shape`` (m, C) with a non-trivial Hessian:
-    ``(loss, hvp)``, loss(z) -> (value, dL/dz), hvp(z, v) -> (d^2L/dz^2) v exactly.
+    """A random smooth downstream loss on y (BN's output) of ``shape`` (m, C) with a non-trivial
+    Hessian: ``(loss, hvp)``, loss(y) -> (value, dL/dy), hvp(y, v) -> (d^2L/dy^2) v exactly.
 
-    - "quadratic_softplus": L = z^T A z / 2 + sum c * softplus(z) over vec(z), A symmetric
-      (indefinite), c > 0; H = A + diag(c s (1 - s)), s = sigmoid(z).
-    - "logcosh_readout": u = z V - T, L = sum log cosh(u); dL/dz = tanh(u) V^T,
+    - "quadratic_softplus": L = y^T A y / 2 + sum c * softplus(y) over vec(y), A symmetric
+      (indefinite), c > 0; H = A + diag(c s (1 - s)), s = sigmoid(y).
+    - "logcosh_readout": u = y V - T, L = sum log cosh(u); dL/dy = tanh(u) V^T,
       H v = ((1 - tanh(u)^2) * (v V)) V^T.
-    - "softmax_readout": L = softmax cross-entropy of z V (mean over rows, minibn's loss);
-      with p = softmax(z V) and q = v V: H v = ((p q - p <p, q>_row) / m) V^T.
+    - "softmax_readout": L = softmax cross-entropy of y V (mean over rows, minibn's loss);
+      with p = softmax(y V) and q = v V: H v = ((p q - p <p, q>_row) / m) V^T.
     """
     xp = backend.get(xp or "numpy")
     rng = backend.rng(rng)
@@ -408,38 +408,38 @@ def smooth_loss(kind, shape, rng=None, xp=None, dtype="float64"):
         B = rng.standard_normal((n, n)) / math.sqrt(n)
         A, c = dev((B + B.T) / 2.0), dev(rng.uniform(0.5, 2.0, size=(m, C)))
 
-        def loss(z):
-            flat = z.reshape(-1)
-            value = 0.5 * float(flat @ (A @ flat)) + float((c * _softplus(z, xp)).sum())
-            return value, (A @ flat).reshape(z.shape) + c * _sigmoid(z, xp)
+        def loss(y):
+            flat = y.reshape(-1)
+            value = 0.5 * float(flat @ (A @ flat)) + float((c * _softplus(y, xp)).sum())
+            return value, (A @ flat).reshape(y.shape) + c * _sigmoid(y, xp)
 
-        def hvp(z, v):
-            s = _sigmoid(z, xp)
-            return (A @ v.reshape(-1)).reshape(z.shape) + c * s * (1.0 - s) * v
+        def hvp(y, v):
+            s = _sigmoid(y, xp)
+            return (A @ v.reshape(-1)).reshape(y.shape) + c * s * (1.0 - s) * v
         return loss, hvp
     k = int(rng.integers(2, 6))
     V = dev(rng.standard_normal((C, k)) / math.sqrt(C))
     if kind == "logcosh_readout":
         T = dev(rng.standard_normal((m, k)))
 
-        def loss(z):
-            u = z @ V - T
+        def loss(y):
+            u = y @ V - T
             value = float((abs(u) + xp.log1p(xp.exp(-2.0 * abs(u))) - math.log(2.0)).sum())
             return value, xp.tanh(u) @ V.T
 
-        def hvp(z, v):
-            th = xp.tanh(z @ V - T)
+        def hvp(y, v):
+            th = xp.tanh(y @ V - T)
             return ((1.0 - th * th) * (v @ V)) @ V.T
         return loss, hvp
     if kind == "softmax_readout":
         labels = xp.asarray(rng.integers(0, k, size=m))
 
-        def loss(z):
-            value, dlogits = softmax_cross_entropy(z @ V, labels)
+        def loss(y):
+            value, dlogits = softmax_cross_entropy(y @ V, labels)
             return value, dlogits @ V.T
 
-        def hvp(z, v):
-            logits = z @ V
+        def hvp(y, v):
+            logits = y @ V
             e = xp.exp(logits - logits.max(axis=1, keepdims=True))
             p = e / e.sum(axis=1, keepdims=True)
             q = v @ V

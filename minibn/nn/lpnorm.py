@@ -1,50 +1,68 @@
 """Lp normalization (protocol.md §2): BatchNorm with the standard deviation replaced by
-the power mean N_p of the *uncentred* values, p in {1, 2, inf}.
+the power mean ``norm`` = N_p of the *uncentred* values, p in {1, 2, inf}.
 
-For a channel j, the m = N (or N*H*W) values y_i pooled over every axis but the last:
+For a channel j, the m = N (or N*H*W) values x_i pooled over every axis but the last:
 
-Forward (train and probe modes, batch statistics):
+Forward (train and probe modes, batch statistics), :func:`forward`:
 
-    mu    = (1/m) sum_i y_i
-    N_1   = (1/m) sum_i |y_i|          N_2 = sqrt((1/m) sum_i y_i^2)          N_inf = max_i |y_i|
-    denom = N_p + eps                  (eps added to the norm, for every p)
-    x_hat = (y - mu) / denom
-    z     = gamma * x_hat + beta
+    mu       = (1/m) sum_i x_i
+    norm     = N_p:  N_1 = (1/m) sum_i |x_i|    N_2 = sqrt((1/m) sum_i x_i^2)    N_inf = max_i |x_i|
+    inv_norm = 1 / (norm + eps)            (eps added to the norm, for every p)
+    x_hat    = (x - mu) * inv_norm
+    y        = gamma * x_hat + beta
 
-Backward, with dz = dL/dz (derived in docs/layers/lpnorm.md):
+Backward, with dy = dL/dy (derived in docs/layers/lpnorm.md), :func:`backward`:
 
-    dbeta  = sum_i dz_i
-    dgamma = sum_i dz_i * x_hat_i
-    dy     = (gamma / denom) * (dz - dbeta / m - dgamma * dN)
+    dbeta  = sum_i dy_i
+    dgamma = sum_i dy_i * x_hat_i
+    dx     = (gamma * inv_norm) * (dy - dbeta / m - dgamma * dnorm)
 
-where dN = dN_p/dy is
+where dnorm = dN_p/dx (:func:`lp_norm_grad`) is
 
-    p = 1:    dN_i = sign(y_i) / m          (subgradient sign(0) = 0 at y_i = 0)
-    p = 2:    dN_i = y_i / (m N_2)          (0 for a channel that is all zeros)
-    p = inf:  dN_i = sign(y_i) if i is the first index of max_i |y_i|, else 0
+    p = 1:    dnorm_i = sign(x_i) / m          (subgradient sign(0) = 0 at x_i = 0)
+    p = 2:    dnorm_i = x_i / (m N_2)          (0 for a channel that is all zeros)
+    p = inf:  dnorm_i = sign(x_i) if i is the first index of max_i |x_i|, else 0
               (at ties the first maximizer takes the whole subgradient)
 
-Eval mode uses running statistics, an affine map per channel:
+Eval mode uses running statistics, an affine map per channel, :func:`forward_eval` and
+:func:`backward_eval`:
 
-    z = gamma * (y - running_mean) / (running_norm + eps) + beta,    dy = dz * gamma / (running_norm + eps)
+    inv_norm = 1 / (running_norm + eps)
+    y  = gamma * (x - running_mean) * inv_norm + beta,    dx = dy * gamma * inv_norm
 
 In train mode running_mean <- (1 - momentum) running_mean + momentum mu and
-running_norm <- (1 - momentum) running_norm + momentum N_p (the batch's N_p, uncorrected).
+running_norm <- (1 - momentum) running_norm + momentum norm (the batch's N_p, uncorrected).
 """
 
 import math
 import numbers
+from typing import Any, NamedTuple
 
 from minibn import backend
-from minibn.nn.batchnorm import AffineNorm, column_sums
-from minibn.nn.normalization import register
+from minibn.nn.normalization import AffineNorm, channel_rows, column_sums, register
 
 PS = (1, 2, math.inf)
 
 
-def _rows(y):
-    """View y as (m, C): every axis but the last is a batch axis."""
-    return y.reshape(-1, y.shape[-1])
+class Cache(NamedTuple):
+    """What the batch-statistics backward needs ((m, C) ``x`` and ``x_hat``; per-channel
+    ``gamma``, ``inv_norm``, ``norm``; ``p``), and the batch's ``mu`` for the running mean."""
+
+    x: Any
+    x_hat: Any
+    gamma: Any
+    inv_norm: Any
+    mu: Any
+    norm: Any
+    p: Any
+
+
+class EvalCache(NamedTuple):
+    """What the eval-mode backward needs: (m, C) ``x_hat``, per-channel ``gamma``, ``inv_norm``."""
+
+    x_hat: Any
+    gamma: Any
+    inv_norm: Any
 
 
 def parse_p(p, where="LpNorm"):
@@ -56,60 +74,69 @@ def parse_p(p, where="LpNorm"):
     raise ValueError(f"{where}: p must be 1, 2 or inf (math.inf or 'inf'), got {p!r}")
 
 
-def norm(y2, p):
-    """N_p per column of the (m, C) array y2."""
-    xp = backend.array_module(y2)
+def lp_norm(x2, p):
+    """N_p per column of the (m, C) array x2."""
+    xp = backend.array_module(x2)
     if p == 1:
-        return column_sums(xp.abs(y2)) * (1.0 / y2.shape[0])
+        return column_sums(xp.abs(x2)) * (1.0 / x2.shape[0])
     if p == 2:
-        return xp.sqrt(column_sums(y2 * y2) * (1.0 / y2.shape[0]))
-    return xp.abs(y2).max(axis=0)
+        return xp.sqrt(column_sums(x2 * x2) * (1.0 / x2.shape[0]))
+    return xp.abs(x2).max(axis=0)
 
 
-def norm_grad(y2, p, n_p):
-    """dN_p/dy for the (m, C) array y2 with its norms n_p (the subgradients of the module docstring)."""
-    xp = backend.array_module(y2)
-    m = y2.shape[0]
+def lp_norm_grad(x2, p, norm):
+    """dnorm = dN_p/dx for the (m, C) array x2 with its norms (the subgradients of the module docstring)."""
+    xp = backend.array_module(x2)
+    m = x2.shape[0]
     if p == 1:
-        return xp.sign(y2) * (1.0 / m)
+        return xp.sign(x2) * (1.0 / m)
     if p == 2:
-        return y2 / (m * xp.where(n_p > 0, n_p, 1.0))   # y = 0 wherever N_2 = 0, so dN = 0 there
-    columns = xp.arange(y2.shape[1])
-    first_max = xp.abs(y2).argmax(axis=0)
-    dn = xp.zeros_like(y2)
-    dn[first_max, columns] = xp.sign(y2[first_max, columns])
-    return dn
+        return x2 / (m * xp.where(norm > 0, norm, 1.0))   # x = 0 wherever N_2 = 0, so dnorm = 0 there
+    columns = xp.arange(x2.shape[1])
+    first_max = xp.abs(x2).argmax(axis=0)
+    dnorm = xp.zeros_like(x2)
+    dnorm[first_max, columns] = xp.sign(x2[first_max, columns])
+    return dnorm
 
 
-def forward(y, gamma, beta, p, eps=1e-5, mean=None, n_p=None):
-    """Normalize with the batch statistics, or with ``mean``/``n_p`` when given (eval).
-
-    Returns ``(z, cache, (mean, n_p))``.
-    """
-    y2 = _rows(y)
-    batch = mean is None
-    if batch:
-        mean = column_sums(y2) * (1.0 / y2.shape[0])
-        n_p = norm(y2, p)
-    inv_denom = 1.0 / (n_p + eps)
-    x_hat = (y2 - mean) * inv_denom
-    z = x_hat * gamma + beta
-    cache = (y2, x_hat, gamma, inv_denom, n_p, p, batch, y.shape)
-    return z.reshape(y.shape), cache, (mean, n_p)
+def forward(x, gamma, beta, p, eps=1e-5):
+    """``(y, Cache)``: normalize with the batch statistics (module docstring)."""
+    x2 = channel_rows(x)
+    mu = column_sums(x2) * (1.0 / x2.shape[0])
+    norm = lp_norm(x2, p)
+    inv_norm = 1.0 / (norm + eps)
+    x_hat = (x2 - mu) * inv_norm
+    y = x_hat * gamma + beta
+    return y.reshape(x.shape), Cache(x2, x_hat, gamma, inv_norm, mu, norm, p)
 
 
-def backward(dz, cache):
-    """dy, {"gamma", "beta"} (see module docstring)."""
-    y2, x_hat, gamma, inv_denom, n_p, p, batch, shape = cache
-    dz2 = _rows(dz)
-    m = y2.shape[0]
-    dbeta = column_sums(dz2)
-    dgamma = column_sums(dz2 * x_hat)
-    if batch:
-        dy = (dz2 - dbeta * (1.0 / m) - dgamma * norm_grad(y2, p, n_p)) * (gamma * inv_denom)
-    else:
-        dy = dz2 * (gamma * inv_denom)
-    return dy.reshape(shape), {"gamma": dgamma, "beta": dbeta}
+def backward(dy, cache):
+    """``(dx, {"gamma", "beta"})`` (module docstring)."""
+    x_hat, gamma, inv_norm = cache.x_hat, cache.gamma, cache.inv_norm
+    dy2 = channel_rows(dy)
+    m = dy2.shape[0]
+    dbeta = column_sums(dy2)
+    dgamma = column_sums(dy2 * x_hat)
+    dnorm = lp_norm_grad(cache.x, cache.p, cache.norm)
+    dx = (gamma * inv_norm) * (dy2 - dbeta * (1.0 / m) - dgamma * dnorm)
+    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
+
+
+def forward_eval(x, gamma, beta, running_mean, running_norm, eps=1e-5):
+    """``(y, EvalCache)``: the per-channel affine map of eval mode (module docstring)."""
+    inv_norm = 1.0 / (running_norm + eps)
+    x_hat = (channel_rows(x) - running_mean) * inv_norm
+    y = x_hat * gamma + beta
+    return y.reshape(x.shape), EvalCache(x_hat, gamma, inv_norm)
+
+
+def backward_eval(dy, cache):
+    """``(dx, {"gamma", "beta"})`` of eval mode: no batch coupling, dx = dy * gamma * inv_norm."""
+    dy2 = channel_rows(dy)
+    dbeta = column_sums(dy2)
+    dgamma = column_sums(dy2 * cache.x_hat)
+    dx = dy2 * (cache.gamma * cache.inv_norm)
+    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
 
 
 class LpNorm(AffineNorm):
@@ -127,22 +154,20 @@ class LpNorm(AffineNorm):
     def describe(self):
         return f"LpNorm({self.num_features}, p={self.p}, eps={self.eps:g}, momentum={self.momentum:g})"
 
-    def _forward(self, y, mode):
-        self._check(y, mode)
-        g, b = self.params["gamma"], self.params["beta"]
+    def _forward(self, x, mode):
+        self._check(x, mode)
+        gamma, beta = self.params["gamma"], self.params["beta"]
         if mode == "eval":
-            z, cache, _ = forward(y, g, b, self.p, self.eps, self.running_mean, self.running_norm)
-            return z, cache
-        z, cache, (mean, n_p) = forward(y, g, b, self.p, self.eps)
+            return forward_eval(x, gamma, beta, self.running_mean, self.running_norm, self.eps)
+        y, cache = forward(x, gamma, beta, self.p, self.eps)
         if mode == "train":
-            mom = self.momentum
-            self.running_mean = (1.0 - mom) * self.running_mean + mom * mean
-            self.running_norm = (1.0 - mom) * self.running_norm + mom * n_p
-        return z, cache
+            self._update_running(cache.mu, cache.norm)
+        return y, cache
 
-    def _backward(self, dz, cache):
-        return backward(dz, cache)
-
+    def _backward(self, dy, cache):
+        if isinstance(cache, EvalCache):
+            return backward_eval(dy, cache)
+        return backward(dy, cache)
 
 
 register("l1", "L1 norm", "C4", lambda num_features, *, dtype, **_: LpNorm(num_features, 1, dtype=dtype))

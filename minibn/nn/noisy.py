@@ -1,6 +1,6 @@
 """Algorithm 1 of the paper: noise that shifts and scales every unit's distribution.
 
-For an input ``a`` with channels on the last axis, at every training step and for each
+For an input ``x`` with channels on the last axis, at every training step and for each
 unit (channel) j, draw
 
     mu_j    ~ U(-n_mu, n_mu)               sigma_j ~ U(1, n_sigma)
@@ -10,15 +10,15 @@ and then for every element (i, j), i running over the batch (and H, W for conv i
     shift_ij ~ U(mu_j - r_mu, mu_j + r_mu)            (the paper's m_ij)
     scale_ij ~ N(sigma_j, r_sigma^2)                  (the paper's s_ij; r_sigma a std)
 
-Forward and backward (the same draws, cached):
+Forward and backward (the same draws, cached), :func:`forward` and :func:`backward`:
 
-    y  = scale * a + shift
-    da = scale * dy
+    y  = scale * x + shift
+    dx = scale * dy
 
 :class:`NoiseInjection` is the noise alone ("noise added to the standard network");
 :class:`NoisyBatchNorm` is :class:`~minibn.nn.BatchNorm` followed by the noise, applied to
-BN's affine output a = gamma * x_hat + beta, so its backward is BatchNorm's backward of
-``scale * dy``.
+BN's affine output a = gamma * x_hat + beta (the noise's input), so its backward is
+BatchNorm's backward of da = scale * dy.
 
 Noise is added in ``"train"`` mode only. ``"eval"`` and ``"probe"`` add none and draw
 nothing (the paper is silent; minibn's choice: measuring must neither perturb the loss
@@ -32,12 +32,26 @@ resumes with the very same draws.
 
 import copy
 import math
+from typing import Any, NamedTuple
 
 from minibn import backend
 from minibn.nn.batchnorm import BatchNorm
-from minibn.nn.batchnorm import backward as batchnorm_backward
 from minibn.nn.layer import Layer, LayerError, check_input
 from minibn.nn.normalization import register
+
+
+class Cache(NamedTuple):
+    """The step's ``scale`` draws (1.0 where no noise was added)."""
+
+    scale: Any
+
+
+class NoisyCache(NamedTuple):
+    """NoisyBatchNorm's: BatchNorm's cache ``bn`` and the noise's cache ``noise``."""
+
+    bn: Any
+    noise: Cache
+
 
 def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float64"):
     """Host ``(scale, shift)`` of ``shape`` and ``dtype`` (float32 or float64) for one step.
@@ -58,14 +72,17 @@ def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float
     return scale, shift
 
 
-def forward(a, scale, shift):
-    """y = scale * a + shift; the cache is ``scale``."""
-    return a * scale + shift, scale
+def forward(x, scale, shift):
+    """``(y, Cache)`` with y = scale * x + shift."""
+    return x * scale + shift, Cache(scale)
 
 
-def backward(dy, scale):
-    """da = scale * dy (no parameters)."""
-    return dy * scale, {}
+def backward(dy, cache):
+    """``(dx, {})`` with dx = scale * dy (no parameters)."""
+    return dy * cache.scale, {}
+
+
+NO_NOISE = Cache(1.0)
 
 
 class _NoiseSource:
@@ -130,11 +147,11 @@ class NoiseInjection(_NoiseSource, Layer):
     def _forward(self, x, mode):
         check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self._dtype, dtype_of="the layer's values")
         if mode != "train":
-            return x, 1.0     # no noise: scale 1, shift 0
+            return x, NO_NOISE
         return forward(x, *self._draw_like(x))
 
-    def _backward(self, dy, scale):
-        return backward(dy, scale)
+    def _backward(self, dy, cache):
+        return backward(dy, cache)
 
 
 class NoisyBatchNorm(_NoiseSource, BatchNorm):
@@ -154,17 +171,15 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
         return f"NoisyBatchNorm({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, {self._describe_noise()})"
 
     def _forward(self, x, mode):
-        self._check(x, mode)
-        a, bn_cache = self._normalize(x, mode)
+        a, bn_cache = super()._forward(x, mode)
         if mode != "train":
-            return a, (bn_cache, 1.0)
-        y, scale = forward(a, *self._draw_like(a))
-        return y, (bn_cache, scale)
+            return a, NoisyCache(bn_cache, NO_NOISE)
+        y, noise_cache = forward(a, *self._draw_like(a))
+        return y, NoisyCache(bn_cache, noise_cache)
 
     def _backward(self, dy, cache):
-        bn_cache, scale = cache
-        da, _ = backward(dy, scale)
-        return batchnorm_backward(da, bn_cache)
+        da, _ = backward(dy, cache.noise)
+        return super()._backward(da, cache.bn)
 
 
 register("noisy", "noisy BatchNorm", "C2",

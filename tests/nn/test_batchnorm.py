@@ -65,7 +65,7 @@ def test_backward_matches_gradcheck(x, mode):
 def test_staged_and_simplified_backward_agree(x, seed):
     gamma = np.random.default_rng(seed).normal(size=x.shape[-1])
     beta = np.zeros(x.shape[-1])
-    _, cache, _ = batchnorm.forward(x, gamma, beta, 1e-5)
+    _, cache = batchnorm.forward(x, gamma, beta, 1e-5)
     dy = np.random.default_rng(seed + 1).normal(size=x.shape)
     dx_simple, g_simple = batchnorm.backward(dy, cache)
     dx_staged, g_staged = batchnorm.backward_staged(dy, cache)
@@ -74,8 +74,64 @@ def test_staged_and_simplified_backward_agree(x, seed):
         np.testing.assert_allclose(g_simple[k], g_staged[k], rtol=1e-12, atol=1e-12)
 
 
+@FAST
+@given(inputs(), st.integers(0, 2**32 - 1), st.sampled_from([1e-5, 0.0]))
+def test_inplace_pair_equals_the_plain_pair(x, seed, eps):
+    """forward_inplace/backward_inplace (what the layer trains with) compute forward/backward."""
+    rng = np.random.default_rng(seed)
+    gamma, beta = rng.normal(size=x.shape[-1]), rng.normal(size=x.shape[-1])
+    dy = rng.normal(size=x.shape)
+    x_before = x.copy()
+    y_plain, cache_plain = batchnorm.forward(x, gamma, beta, eps)
+    y_fast, cache_fast = batchnorm.forward_inplace(x, gamma, beta, eps)
+    np.testing.assert_array_equal(x, x_before)           # the input is never written
+    np.testing.assert_allclose(y_fast, y_plain, rtol=1e-12, atol=1e-12)
+    for field in batchnorm.Cache._fields:
+        np.testing.assert_allclose(getattr(cache_fast, field), getattr(cache_plain, field), rtol=1e-12, atol=1e-12)
+    dy_before = dy.copy()
+    dx_plain, g_plain = batchnorm.backward(dy, cache_plain)
+    dx_fast, g_fast = batchnorm.backward_inplace(dy, cache_fast)
+    np.testing.assert_array_equal(dy, dy_before)
+    scale = np.abs(dx_plain).max() + np.abs(gamma * cache_plain.inv_std).max() * np.abs(dy).max()
+    np.testing.assert_allclose(dx_fast, dx_plain, rtol=0, atol=1e-12 * scale)
+    for k in ("gamma", "beta"):
+        np.testing.assert_allclose(g_fast[k], g_plain[k], rtol=1e-12, atol=1e-12)
+
+
+def test_the_layer_trains_with_the_inplace_pair_and_evaluates_with_the_eval_pair():
+    rng = np.random.default_rng(4)
+    layer = random_bn(3)
+    x, dy = rng.normal(size=(5, 2, 2, 3)), rng.normal(size=(5, 2, 2, 3))
+    gamma, beta = layer.params["gamma"], layer.params["beta"]
+    for mode in ("train", "probe"):
+        y_ref, cache = batchnorm.forward_inplace(x, gamma, beta, layer.eps)
+        np.testing.assert_array_equal(layer.forward(x, mode), y_ref)
+        np.testing.assert_array_equal(layer.backward(dy), batchnorm.backward_inplace(dy, cache)[0])
+    y_ref, cache = batchnorm.forward_eval(x, gamma, beta, layer.running_mean, layer.running_var, layer.eps)
+    np.testing.assert_array_equal(layer.forward(x, "eval"), y_ref)
+    np.testing.assert_array_equal(layer.backward(dy), batchnorm.backward_eval(dy, cache)[0])
+
+
+@FAST
+@given(inputs(), st.integers(0, 2**32 - 1))
+def test_eval_pair_is_the_affine_map_of_the_running_statistics(x, seed):
+    rng = np.random.default_rng(seed)
+    C = x.shape[-1]
+    gamma, beta = rng.normal(size=C), rng.normal(size=C)
+    running_mean, running_var = rng.normal(size=C), rng.uniform(0.1, 3.0, C)
+    y, cache = batchnorm.forward_eval(x, gamma, beta, running_mean, running_var, 1e-5)
+    inv_std = 1.0 / np.sqrt(running_var + 1e-5)
+    np.testing.assert_allclose(y, gamma * (x - running_mean) * inv_std + beta, rtol=1e-12, atol=1e-12)
+    dy = rng.normal(size=x.shape)
+    dx, grads = batchnorm.backward_eval(dy, cache)
+    np.testing.assert_allclose(dx, dy * gamma * inv_std, rtol=1e-12, atol=1e-15)
+    axes = tuple(range(x.ndim - 1))
+    np.testing.assert_allclose(grads["beta"], dy.sum(axis=axes), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads["gamma"], (dy * (x - running_mean) * inv_std).sum(axis=axes), rtol=1e-10, atol=1e-12)
+
+
 def test_staged_backward_refuses_eval_cache():
-    _, cache, _ = batchnorm.forward(np.ones((3, 2)), np.ones(2), np.zeros(2), 1e-5, np.zeros(2), np.ones(2))
+    _, cache = batchnorm.forward_eval(np.ones((3, 2)), np.ones(2), np.zeros(2), np.zeros(2), np.ones(2), 1e-5)
     with pytest.raises(nn.LayerError, match="backward_staged"):
         batchnorm.backward_staged(np.ones((3, 2)), cache)
 
@@ -85,8 +141,9 @@ def test_backward_is_the_projection_gamma_over_sigma_P():
     rng = np.random.default_rng(3)
     m, gamma = 7, np.array([1.7])
     x, dy = rng.normal(size=(m, 1)), rng.normal(size=(m, 1))
-    _, cache, (mean, var) = batchnorm.forward(x, gamma, np.zeros(1), eps=0.0)
+    _, cache = batchnorm.forward(x, gamma, np.zeros(1), eps=0.0)
     dx, _ = batchnorm.backward(dy, cache)
+    mean, var = cache.mu, cache.var
     x_hat = (x[:, 0] - mean[0]) / math.sqrt(var[0])
     ones = np.ones(m)
     P = np.eye(m) - np.outer(ones, ones) / m - np.outer(x_hat, x_hat) / m

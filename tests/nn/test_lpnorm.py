@@ -14,26 +14,26 @@ PS = [1, 2, math.inf]
 
 @st.composite
 def inputs(draw, p):
-    """A float64 input kept off the kinks: |y| >= 0.05 (p = 1), a unique max |y| per channel (p = inf)."""
+    """A float64 input kept off the kinks: |x| >= 0.05 (p = 1), a unique max |x| per channel (p = inf)."""
     if draw(st.booleans()):
         shape = (draw(st.integers(2, 6)), draw(st.integers(1, 3)))
     else:
         shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(2, 3)), draw(st.integers(1, 3)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    y = rng.normal(size=shape) * draw(st.sampled_from([0.2, 1.0, 5.0])) + draw(st.floats(-2, 2))
+    x = rng.normal(size=shape) * draw(st.sampled_from([0.2, 1.0, 5.0])) + draw(st.floats(-2, 2))
     if p == 1:
-        y = np.where(y >= 0, 1.0, -1.0) * (np.abs(y) + 0.05)
+        x = np.where(x >= 0, 1.0, -1.0) * (np.abs(x) + 0.05)
     if p == math.inf:
-        top2 = np.sort(np.abs(y.reshape(-1, shape[-1])), axis=0)[-2:]
+        top2 = np.sort(np.abs(x.reshape(-1, shape[-1])), axis=0)[-2:]
         assume(np.all(top2[1] - top2[0] > 1e-3))
-    return y
+    return x
 
 
-def reference(y, gamma, beta, p, eps):
+def reference(x, gamma, beta, p, eps):
     """Per channel with plain Python over the pooled values."""
-    out = np.empty_like(y)
-    for j in range(y.shape[-1]):
-        v = y[..., j].ravel().tolist()
+    out = np.empty_like(x)
+    for j in range(x.shape[-1]):
+        v = x[..., j].ravel().tolist()
         mean = sum(v) / len(v)
         if p == 1:
             n = sum(abs(t) for t in v) / len(v)
@@ -41,7 +41,7 @@ def reference(y, gamma, beta, p, eps):
             n = math.sqrt(sum(t * t for t in v) / len(v))
         else:
             n = max(abs(t) for t in v)
-        out[..., j] = gamma[j] * (y[..., j] - mean) / (n + eps) + beta[j]
+        out[..., j] = gamma[j] * (x[..., j] - mean) / (n + eps) + beta[j]
     return out
 
 
@@ -57,10 +57,10 @@ def random_lp(channels, p, seed=0, **kw):
 def test_forward_matches_reference(p):
     @FAST
     @given(inputs(p))
-    def check(y):
-        layer = random_lp(y.shape[-1], p)
-        expected = reference(y, layer.params["gamma"], layer.params["beta"], p, 1e-5)
-        np.testing.assert_allclose(layer.forward(y, "probe"), expected, rtol=1e-10, atol=1e-10)
+    def check(x):
+        layer = random_lp(x.shape[-1], p)
+        expected = reference(x, layer.params["gamma"], layer.params["beta"], p, 1e-5)
+        np.testing.assert_allclose(layer.forward(x, "probe"), expected, rtol=1e-10, atol=1e-10)
     check()
 
 
@@ -68,83 +68,104 @@ def test_forward_matches_reference(p):
 def test_backward_matches_gradcheck(p):
     @FAST
     @given(inputs(p), st.sampled_from(["train", "probe", "eval"]))
-    def check(y, mode):
-        layer = random_lp(y.shape[-1], p)
+    def check(x, mode):
+        layer = random_lp(x.shape[-1], p)
         if mode == "eval":
-            layer.forward(y * 2.0 + 0.5, "train")
-        check_layer(layer, y, mode=mode)
+            layer.forward(x * 2.0 + 0.5, "train")
+        check_layer(layer, x, mode=mode)
     check()
 
 
+@pytest.mark.parametrize("p", PS)
+def test_eval_pair_is_the_affine_map_of_the_running_statistics(p):
+    rng = np.random.default_rng(6)
+    x, dy = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4))
+    gamma, beta = rng.normal(size=4), rng.normal(size=4)
+    running_mean, running_norm = rng.normal(size=4), rng.uniform(0.1, 3.0, 4)
+    y, cache = lpnorm.forward_eval(x, gamma, beta, running_mean, running_norm, 1e-5)
+    inv_norm = 1.0 / (running_norm + 1e-5)
+    np.testing.assert_allclose(y, gamma * (x - running_mean) * inv_norm + beta, rtol=1e-12, atol=1e-12)
+    dx, grads = lpnorm.backward_eval(dy, cache)
+    np.testing.assert_allclose(dx, dy * gamma * inv_norm, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["beta"], dy.sum(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(grads["gamma"], (dy * (x - running_mean) * inv_norm).sum(axis=(0, 1, 2)), rtol=1e-10)
+    layer = random_lp(4, p)
+    layer.forward(x + 1.0, "train")
+    y_ref, cache = lpnorm.forward_eval(x, layer.params["gamma"], layer.params["beta"], layer.running_mean,
+                                       layer.running_norm, layer.eps)
+    np.testing.assert_array_equal(layer.forward(x, "eval"), y_ref)
+    np.testing.assert_array_equal(layer.backward(dy), lpnorm.backward_eval(dy, cache)[0])
+
+
 def test_subgradient_choices_at_the_kinks():
-    """p = 1 uses sign(0) = 0 at y = 0; p = inf gives the whole subgradient to the first maximizer of |y|."""
-    y = np.array([[0.0, 2.0], [1.0, -2.0], [-3.0, 2.0], [0.5, 1.0]])
-    n1 = lpnorm.norm(y, 1)
-    np.testing.assert_allclose(lpnorm.norm_grad(y, 1, n1), np.sign(y) / 4)
-    assert lpnorm.norm_grad(y, 1, n1)[0, 0] == 0.0
-    ninf = lpnorm.norm(y, math.inf)
+    """p = 1 uses sign(0) = 0 at x = 0; p = inf gives the whole subgradient to the first maximizer of |x|."""
+    x = np.array([[0.0, 2.0], [1.0, -2.0], [-3.0, 2.0], [0.5, 1.0]])
+    n1 = lpnorm.lp_norm(x, 1)
+    np.testing.assert_allclose(lpnorm.lp_norm_grad(x, 1, n1), np.sign(x) / 4)
+    assert lpnorm.lp_norm_grad(x, 1, n1)[0, 0] == 0.0
+    ninf = lpnorm.lp_norm(x, math.inf)
     np.testing.assert_array_equal(ninf, [3.0, 2.0])
-    expected = np.zeros_like(y)
-    expected[2, 0] = -1.0    # unique max |y| in channel 0, negative
+    expected = np.zeros_like(x)
+    expected[2, 0] = -1.0    # unique max |x| in channel 0, negative
     expected[0, 1] = 1.0     # |2| = |-2| = |2|: a three-way tie, the first row takes it
-    np.testing.assert_array_equal(lpnorm.norm_grad(y, math.inf, ninf), expected)
+    np.testing.assert_array_equal(lpnorm.lp_norm_grad(x, math.inf, ninf), expected)
 
 
 def test_p1_at_zero_the_gradient_is_the_mean_of_the_one_sided_slopes():
     """With sign(0) = 0 the analytic gradient at a kink equals the central difference; gradcheck flags the kink."""
     layer = random_lp(2, 1)
-    y = np.array([[0.0, 1.0], [1.5, -0.7], [-0.4, 0.3]])
-    r = np.random.default_rng(0).normal(size=y.shape)
-    layer.forward(y, "probe")
+    x = np.array([[0.0, 1.0], [1.5, -0.7], [-0.4, 0.3]])
+    r = np.random.default_rng(0).normal(size=x.shape)
+    layer.forward(x, "probe")
     analytic = layer.backward(r)[0, 0]
     h = 1e-6
-    loss = lambda d: float((layer.forward(y + d, "probe") * r).sum())
-    bump = np.zeros_like(y)
+    loss = lambda d: float((layer.forward(x + d, "probe") * r).sum())
+    bump = np.zeros_like(x)
     bump[0, 0] = h
     right, left = (loss(bump) - loss(0)) / h, (loss(0) - loss(-bump)) / h
     assert abs(right - left) > 1e-3                      # a genuine kink
     assert abs(analytic - (right + left) / 2) < 1e-6     # sign(0) = 0 picks the midpoint
-    report = check_layer(layer, y, mode="probe", raise_on_fail=False)
-    assert report.kinks, "moving y[0, 0] through 0 must be seen as a kink"
+    report = check_layer(layer, x, mode="probe", raise_on_fail=False)
+    assert report.kinks, "moving x[0, 0] through 0 must be seen as a kink"
     assert report.ok, str(report)
 
 
 def test_all_zero_channel_has_zero_output_and_finite_gradient():
     for p in PS:
         layer = random_lp(2, p)
-        y = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 3.0]])
-        z = layer.forward(y, "probe")
-        np.testing.assert_allclose(z[:, 0], layer.params["beta"][0])
-        assert np.all(np.isfinite(layer.backward(np.ones_like(z))))
+        x = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 3.0]])
+        y = layer.forward(x, "probe")
+        np.testing.assert_allclose(y[:, 0], layer.params["beta"][0])
+        assert np.all(np.isfinite(layer.backward(np.ones_like(y))))
 
 
 @pytest.mark.parametrize("p", PS)
 def test_running_statistics_update_formula_and_eval_mode(p):
     rng = np.random.default_rng(0)
     layer = random_lp(3, p, momentum=0.1)
-    y1, y2 = rng.normal(size=(5, 3)) + 1.0, rng.normal(size=(2, 2, 2, 3)) * 3.0
+    x1, x2 = rng.normal(size=(5, 3)) + 1.0, rng.normal(size=(2, 2, 2, 3)) * 3.0
     norm = {1: lambda a: np.abs(a).mean(0), 2: lambda a: np.sqrt((a * a).mean(0)), math.inf: lambda a: np.abs(a).max(0)}[p]
-    layer.forward(y1, "train")
-    layer.forward(y2, "train")
-    flat = y2.reshape(-1, 3)
-    np.testing.assert_allclose(layer.running_mean, 0.9 * 0.1 * y1.mean(0) + 0.1 * flat.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(layer.running_norm, 0.9 * (0.9 * 1.0 + 0.1 * norm(y1)) + 0.1 * norm(flat), rtol=1e-12)
+    layer.forward(x1, "train")
+    layer.forward(x2, "train")
+    flat = x2.reshape(-1, 3)
+    np.testing.assert_allclose(layer.running_mean, 0.9 * 0.1 * x1.mean(0) + 0.1 * flat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(layer.running_norm, 0.9 * (0.9 * 1.0 + 0.1 * norm(x1)) + 0.1 * norm(flat), rtol=1e-12)
     g, b = layer.params["gamma"], layer.params["beta"]
-    expected = g * (y1 - layer.running_mean) / (layer.running_norm + 1e-5) + b
-    np.testing.assert_allclose(layer.forward(y1, "eval"), expected, rtol=1e-12)
-    np.testing.assert_allclose(layer.forward(y1[:1], "eval"), expected[:1], rtol=1e-12)
+    expected = g * (x1 - layer.running_mean) / (layer.running_norm + 1e-5) + b
+    np.testing.assert_allclose(layer.forward(x1, "eval"), expected, rtol=1e-12)
+    np.testing.assert_allclose(layer.forward(x1[:1], "eval"), expected[:1], rtol=1e-12)
 
 
 @pytest.mark.parametrize("p", PS)
 def test_probe_mode_changes_no_state(p):
     layer = random_lp(3, p)
-    y = np.random.default_rng(1).normal(size=(4, 3))
-    layer.forward(y + 2.0, "train")
+    x = np.random.default_rng(1).normal(size=(4, 3))
+    layer.forward(x + 2.0, "train")
     before = layer.state()
-    z_probe = layer.forward(y, "probe")
+    y_probe = layer.forward(x, "probe")
     for k, v in layer.state().items():
         np.testing.assert_array_equal(v, before[k])
-    np.testing.assert_allclose(z_probe, reference(y, layer.params["gamma"], layer.params["beta"], p, 1e-5), rtol=1e-10)
+    np.testing.assert_allclose(y_probe, reference(x, layer.params["gamma"], layer.params["beta"], p, 1e-5), rtol=1e-10)
 
 
 @pytest.mark.parametrize("p", ["inf", math.inf, float("inf"), 1, 2, 1.0, np.float64(2.0)])
@@ -160,15 +181,15 @@ def test_p_outside_1_2_inf_is_an_error_naming_layer_and_value(p):
 
 
 def test_float32_stays_float32():
-    y = np.random.default_rng(0).normal(size=(2, 2, 2, 3)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 2, 2, 3)).astype(np.float32)
     for p in PS:
         layer = nn.LpNorm(3, p)
-        z = layer.forward(y, "train")
-        dy = layer.backward(np.ones_like(z))
-        assert z.dtype == dy.dtype == np.float32
+        y = layer.forward(x, "train")
+        dx = layer.backward(np.ones_like(y))
+        assert y.dtype == dx.dtype == np.float32
         assert all(g.dtype == np.float32 for g in layer.grads.values())
         assert layer.running_norm.dtype == np.float32
-        assert layer.backward(layer.forward(y, "eval")).dtype == np.float32
+        assert layer.backward(layer.forward(x, "eval")).dtype == np.float32
 
 
 def test_bad_inputs_raise_errors_naming_layer_argument_and_shapes():
@@ -194,13 +215,13 @@ def test_bad_inputs_raise_errors_naming_layer_argument_and_shapes():
 
 def test_same_results_on_every_backend(xp):
     rng = np.random.default_rng(5)
-    y, dz = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4))
+    x, dy = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(3, 2, 2, 4))
     for p in PS:
         results = []
         for name in ("numpy", backend.name_of(xp)):
             layer = random_lp(4, p).to(name)
-            z = layer.forward(backend.to_device(y, name), "train")
-            dy = layer.backward(backend.to_device(dz, name))
-            results.append([backend.to_host(a) for a in (z, dy, layer.grads["gamma"], layer.running_norm)])
+            y = layer.forward(backend.to_device(x, name), "train")
+            dx = layer.backward(backend.to_device(dy, name))
+            results.append([backend.to_host(a) for a in (y, dx, layer.grads["gamma"], layer.running_norm)])
         for a, b in zip(*results):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
