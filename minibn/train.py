@@ -11,7 +11,7 @@ It knows nothing of the instruments; studies attach them as callbacks. Step t
    a NaN or infinite loss ends the run here with ``diverged_at = t`` (no update,
    no exception);
 4. ``optimizer.step()``: w_{t+1}. After it, s = t + 1 updates are done, and
-   ``evaluate(model)`` runs when s is a multiple of ``eval_every`` (also at s = 0,
+   ``evaluate(model, s)`` runs when s is a multiple of ``eval_every`` (also at s = 0,
    before training) and once at the end; a checkpoint is written when s is a multiple
    of ``checkpoint_every``, and at the end.
 
@@ -22,7 +22,7 @@ Protocols:
   ``result() -> dict`` (JSON-able), ``state()``, ``load_state(state)``; it must leave
   parameters, gradients' effect, normalization state and RNG states untouched, and
   tolerate non-finite values (a diverging run calls it too);
-* ``evaluate(model) -> {metric: float}``.
+* ``evaluate(model, step) -> {metric: float}``, ``step`` the number of updates done.
 
 A checkpoint is one ``.npz`` file, written to a temporary name and moved into place
 with ``os.replace``, so an interrupted write never leaves a half checkpoint: the flat
@@ -65,36 +65,47 @@ class FullBatch:
 
 
 class MiniBatches:
-    """Shuffled minibatches of ``batch_size`` rows, epoch after epoch, from a seeded generator.
+    """Seeded shuffled minibatches of ``(x, target)`` rows, epoch after epoch.
 
-    Each epoch draws a fresh permutation; the last partial batch of an epoch is dropped.
-    The state (generator, permutation, position) makes the stream resumable.
+    Epoch e visits the rows in the order ``rng([seed, e]).permutation(n)`` and yields
+    ``n // batch_size`` full batches (the remainder is dropped: every batch has the same
+    size, as BatchNorm's statistics expect). Batches come out on the array module of ``x``
+    (move ``x`` and ``target`` to the device first). The state is ``{seed, epoch,
+    position}`` (position: batches already taken from epoch ``epoch``): each epoch's order
+    follows from it, so a stream resumed from its state yields exactly the batches the
+    uninterrupted one would have.
     """
 
     def __init__(self, x, target, batch_size, seed=0):
         if len(x) != len(target):
             raise ValueError(f"MiniBatches: x has {len(x)} rows but target has {len(target)}")
-        if int(batch_size) != batch_size or not 1 <= batch_size <= len(x):
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or not 1 <= batch_size <= len(x):
             raise ValueError(f"MiniBatches: batch_size must be an integer in [1, {len(x)}], got {batch_size!r}")
-        self.x, self.target, self.batch_size = x, target, int(batch_size)
-        self.rng = backend.rng(seed)
-        self.order, self.position = None, 0
+        self.x, self.target, self.batch_size, self.seed = x, target, int(batch_size), int(seed)
+        self.epoch, self.position, self.order = 0, 0, None
+
+    @property
+    def batches_per_epoch(self):
+        return len(self.x) // self.batch_size
 
     def next(self):
-        if self.order is None or self.position + self.batch_size > len(self.x):
-            self.order, self.position = self.rng.permutation(len(self.x)), 0
-        rows = self.order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        rows = backend.to_device(rows, backend.array_module(self.x))
+        if self.position >= self.batches_per_epoch:
+            self.epoch, self.position, self.order = self.epoch + 1, 0, None
+        if self.order is None:
+            self.order = backend.rng([self.seed, self.epoch]).permutation(len(self.x))
+        start = self.position * self.batch_size
+        rows = backend.to_device(self.order[start:start + self.batch_size], backend.array_module(self.x))
+        self.position += 1
         return self.x[rows], self.target[rows]
 
     def state(self):
-        return {"rng": self.rng.bit_generator.state, "order": self.order, "position": self.position}
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
 
     def load_state(self, state):
-        self.rng.bit_generator.state = state["rng"]
-        self.order = None if state["order"] is None else backend.host.asarray(state["order"])
-        self.position = int(state["position"])
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"MiniBatches.load_state: the state was saved with seed {state['seed']}, "
+                             f"this stream has {self.seed}")
+        self.epoch, self.position, self.order = int(state["epoch"]), int(state["position"]), None
 
 
 # --- checkpoints -----------------------------------------------------------------
@@ -208,7 +219,7 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
 
     def run_evaluate(s):
         results["eval_steps"].append(s)
-        for metric, value in evaluate(model).items():
+        for metric, value in evaluate(model, s).items():
             results["eval"].setdefault(metric, []).append(io.json_float(value))
 
     def write_checkpoint(s):

@@ -67,7 +67,7 @@ def run(checkpoint=None, resume=False, pause_at=None, marker=None):
     callbacks = [ICSRecorder(loss_fn, every=4), LandscapeRecorder(loss_fn, [0.01, 0.05, 0.2], every=5),
                  MomentsRecorder([0, 3, 6], every=3, n_samples=5, seed=1), Pause(pause_at, marker)]
 
-    def evaluate(m):
+    def evaluate(m, step):
         return {"loss": loss_fn(m.forward(x, "eval"), y)[0]}
 
     results = train.train(model, loss_fn, train.MiniBatches(x, y, 16, seed=3), optim.SGD(model, lr=0.05, momentum=0.9),

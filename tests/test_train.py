@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from minibn import models, nn, optim, train
+from minibn import backend, models, nn, optim, train
 from minibn.measure.ics import ICSRecorder
 from minibn.measure.landscape import LandscapeRecorder
 from minibn.measure.moments import MomentsRecorder
@@ -66,9 +66,10 @@ def without_wall(results):
 def test_schedule_of_losses_callbacks_and_evaluation():
     model, x, y, opt = dln_problem()
     spy = Spy(every=4)
-    evals = []
+    evals, eval_steps = [], []
 
-    def evaluate(m):
+    def evaluate(m, step):
+        eval_steps.append(step)
         evals.append(nn.squared_error(m.forward(x, "eval"), y)[0])
         return {"loss": evals[-1], "nan": math.nan}
 
@@ -81,7 +82,8 @@ def test_schedule_of_losses_callbacks_and_evaluation():
     assert out["callbacks"] == {"spy": {"calls": [0, 4, 8, 9]}}
     # callbacks see w_t before step t's update: the probe loss equals the recorded train loss (full batch)
     assert spy.calls[0][1] == pytest.approx(out["loss"][0], rel=1e-12)
-    assert out["eval_steps"] == [0, 5, 10] and out["eval"]["loss"] == evals and out["eval"]["nan"] == [None] * 3
+    assert out["eval_steps"] == eval_steps == [0, 5, 10]  # evaluate is told the number of updates done
+    assert out["eval"]["loss"] == evals and out["eval"]["nan"] == [None] * 3
     json.dumps(out, allow_nan=False)
 
 
@@ -92,7 +94,7 @@ def test_diverging_run_is_recorded_not_raised(tmp_path):
     path = str(tmp_path / "ckpt")
     with np.errstate(all="ignore"):
         out = train.train(model, nn.squared_error, train.FullBatch(x, y), opt, 50, callbacks=callbacks,
-                          evaluate=lambda m: {"loss": nn.squared_error(m.forward(x, "eval"), y)[0]},
+                          evaluate=lambda m, step: {"loss": nn.squared_error(m.forward(x, "eval"), y)[0]},
                           log_every=10, checkpoint=path)
     t = out["diverged_at"]
     assert t is not None and 0 < t < 50
@@ -118,7 +120,7 @@ def test_resume_after_an_exception_is_bit_identical(tmp_path):
         opt = optim.SGD(model, lr=1e-3, momentum=0.9)
         callbacks = [Spy(every=3), ICSRecorder(nn.squared_error, every=4), Crash(crash_at)]
         out = train.train(model, nn.squared_error, train.MiniBatches(x, y, 8, seed=2), opt, 20, callbacks=callbacks,
-                          evaluate=lambda m: {"loss": nn.squared_error(m.forward(x, "eval"), y)[0]}, eval_every=6,
+                          evaluate=lambda m, step: {"loss": nn.squared_error(m.forward(x, "eval"), y)[0]}, eval_every=6,
                           checkpoint=path, checkpoint_every=4 if path else None, resume=resume)
         return out, model
 
@@ -205,15 +207,34 @@ def test_progress_bar_is_quiet_without_a_terminal(capsys):
     assert "3/3" in capsys.readouterr().err
 
 
-def test_minibatches_cover_each_epoch_and_resume():
-    x = np.arange(10.0).reshape(10, 1)
-    stream = train.MiniBatches(x, np.arange(10), 3, seed=0)
-    epoch = np.concatenate([stream.next()[1] for _ in range(3)])
-    assert len(set(epoch.tolist())) == 9  # 3 batches of 3 distinct rows; the 10th row dropped this epoch
-    saved = json.loads(json.dumps(stream.state(), default=lambda a: a.tolist()))
-    ahead = [stream.next()[1].tolist() for _ in range(5)]
-    again = train.MiniBatches(x, np.arange(10), 3, seed=99)
-    again.load_state(saved)
-    assert [again.next()[1].tolist() for _ in range(5)] == ahead
-    bx, by = again.next()
-    assert np.array_equal(bx[:, 0], by)  # rows of x and target stay paired
+def test_minibatches_shuffle_each_epoch_and_resume():
+    x = np.arange(50.0).reshape(50, 1, 1, 1)
+    y = np.arange(50) % 10
+    a = train.MiniBatches(x, y, 16, seed=3)
+    epoch0 = [a.next()[0].ravel() for _ in range(3)]
+    assert len(set(np.concatenate(epoch0).tolist())) == 48  # one epoch: no repeats, the remainder of 2 dropped
+    first_of_epoch1 = a.next()[0].ravel()
+    assert a.state() == {"seed": 3, "epoch": 1, "position": 1}
+    assert not np.array_equal(first_of_epoch1, epoch0[0])  # a fresh permutation
+    # epoch e's order is rng([seed, e]).permutation(n): the order the committed VGG runs were trained on
+    assert first_of_epoch1.tolist() == np.random.default_rng([3, 1]).permutation(50)[:16].tolist()
+    saved = json.loads(json.dumps(a.state()))
+    rest = [a.next() for _ in range(5)]
+    b = train.MiniBatches(x, y, 16, seed=3)
+    b.load_state(saved)
+    for (xa, ya), (xb, yb) in zip(rest, [b.next() for _ in range(5)]):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+        assert np.array_equal(xa.ravel().astype(int) % 10, yb)  # rows of x and target stay paired
+    with pytest.raises(ValueError, match="saved with seed 3, this stream has 4"):
+        train.MiniBatches(x, y, 16, seed=4).load_state(saved)
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 50\], got 51"):
+        train.MiniBatches(x, y, 51)
+    with pytest.raises(ValueError, match="x has 50 rows but target has 49"):
+        train.MiniBatches(x, y[:49], 16)
+
+
+def test_minibatches_stay_on_the_device_of_x(xp):
+    x = backend.to_device(np.arange(12.0).reshape(6, 2), xp)
+    bx, by = train.MiniBatches(x, backend.to_device(np.arange(6), xp), 4, seed=0).next()
+    assert backend.array_module(bx) is xp and backend.array_module(by) is xp
+    assert backend.to_host(bx)[:, 0].tolist() == [2.0 * v for v in backend.to_host(by).tolist()]

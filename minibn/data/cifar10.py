@@ -1,4 +1,4 @@
-"""CIFAR-10 (python-version batches): find, validate, standardize, and stream in batches.
+"""CIFAR-10 (python-version batches): find, validate and standardize.
 
 Where the data comes from, first match wins:
 
@@ -17,10 +17,8 @@ says what is wrong and how to fix it.
 Images become NHWC float32 once, standardized per channel with the mean and standard
 deviation of the whole training set:  x = (pixel / 255 - mean_c) / std_c.
 
-:class:`BatchStream` implements the training loop's stream protocol: ``next() -> (x,
-labels)``, ``state()``/``load_state()``. Each epoch is a fresh permutation drawn from
-``(seed, epoch)``, so a stream resumed from its state yields exactly the batches the
-uninterrupted one would have.
+The training loop draws its minibatches from these arrays with
+:class:`minibn.train.MiniBatches` (a seeded permutation per epoch, full batches only).
 """
 
 import codecs
@@ -290,53 +288,3 @@ def load(data_dir=None, train_size=None, test_size=None, dtype="float32", downlo
         out[f"{split}_y"] = raw[f"{split}_y"][keep]
     return out
 
-
-class BatchStream:
-    """Seeded shuffling mini-batches of ``(x, labels)``: the training loop's stream protocol.
-
-    Epoch e visits the samples in the order ``rng((seed, e)).permutation(n)`` and yields
-    ``n // batch_size`` full batches (the remainder is dropped: every batch has the same
-    size, as BatchNorm's statistics expect). Arrays come out on ``backend``.
-    """
-
-    def __init__(self, x, labels, batch_size, seed=0, backend_name="numpy"):
-        if x.shape[0] != labels.shape[0]:
-            raise ValueError(f"BatchStream: {x.shape[0]} images but {labels.shape[0]} labels")
-        if int(batch_size) != batch_size or not 1 <= batch_size <= x.shape[0]:
-            raise ValueError(f"BatchStream: batch_size must be an integer in [1, {x.shape[0]}], got {batch_size!r}")
-        self.xp = backend.get(backend_name)
-        self.x = backend.to_device(x, self.xp)
-        self.labels = backend.to_device(labels, self.xp)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self.epoch, self.position = 0, 0
-        self._order = None
-
-    @property
-    def batches_per_epoch(self):
-        return self.x.shape[0] // self.batch_size
-
-    def _epoch_order(self):
-        if self._order is None:
-            self._order = backend.rng([self.seed, self.epoch]).permutation(self.x.shape[0])
-        return self._order
-
-    def next(self):
-        if self.position >= self.batches_per_epoch:
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        start = self.position * self.batch_size
-        idx = backend.to_device(self._epoch_order()[start:start + self.batch_size], self.xp)
-        self.position += 1
-        return self.x[idx], self.labels[idx]
-
-    __next__ = next
-
-    def __iter__(self):
-        return self
-
-    def state(self):
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
-
-    def load_state(self, state):
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"BatchStream.load_state: the state was saved with seed {state['seed']}, this stream has {self.seed}")
-        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

@@ -178,27 +178,6 @@ def test_balanced_subset_and_sizes(tmp_path):
         cifar10.load(folder, train_size=5, download=False)
 
 
-def test_batch_stream_shuffles_per_epoch_and_resumes():
-    x = np.arange(50, dtype=np.float32).reshape(50, 1, 1, 1)
-    y = np.arange(50) % 10
-    a = cifar10.BatchStream(x, y, 16, seed=3)
-    epoch0 = [a.next()[0].ravel() for _ in range(3)]
-    seen = np.concatenate(epoch0)
-    assert len(set(seen.tolist())) == 48  # one epoch: no repeats, the remainder of 2 dropped
-    first_of_epoch1 = a.next()[0].ravel()
-    assert a.state() == {"seed": 3, "epoch": 1, "position": 1}
-    assert not np.array_equal(first_of_epoch1, epoch0[0])  # a fresh permutation
-    saved = a.state()
-    rest = [a.next() for _ in range(5)]
-    b = cifar10.BatchStream(x, y, 16, seed=3)
-    b.load_state(saved)
-    for (xa, ya), (xb, yb) in zip(rest, [b.next() for _ in range(5)]):
-        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
-        assert np.array_equal(xa.ravel().astype(int) % 10, ya)  # images keep their labels
-    with pytest.raises(ValueError, match="batch_size must be an integer in"):
-        cifar10.BatchStream(x, y, 51)
-
-
 @pytest.mark.skipif(not os.path.isdir(REAL), reason=f"the real CIFAR-10 is not at {REAL}")
 def test_real_cifar10_matches_its_published_statistics():
     raw = cifar10.load_raw(REAL, download=False)
