@@ -9,7 +9,8 @@ the first 24 layers) by full-batch gradient descent on summed squared error, wit
 internal covariate shift, the landscape probes along the gradient and activation
 moments measured every 100 steps. Runs are independent, resumable, and run in
 ``--jobs`` worker processes. The study writes DIR/results.json (+ results.npz),
-the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`).
+the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`). From Python,
+:func:`run` does the same and returns the results (docs/studies.md).
 """
 
 import argparse
@@ -21,24 +22,28 @@ import time
 from minibn import backend, io, models, nn, train
 from minibn.data.synthetic import linear_regression
 from minibn.measure import hessian, ics, landscape, moments
+from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.studies import common
 
-VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
+#: The variants a run may use.
+VARIANTS = tuple(normalization.REGISTRY)
+#: The variants the presets run: those of the paper's DLN experiments (protocol.md §4).
+DEFAULT_VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
 
 PRESETS = {
     "paper": {
         "depth": 25, "width": 10, "samples": 1000, "norm_layers": 24, "steps": 10_000,
         "measure_every": 100, "log_every": 10, "checkpoint_every": 1000,
         "eta_multipliers": [0.01, 0.1, 1.0, 10.0, 30.0], "moment_layers": [1, 9, 11, 17, 24],
-        "moment_samples": 1000, "runs": [[v, 1e-6] for v in VARIANTS] + [["standard", 1e-7], ["batchnorm", 1e-7]],
+        "moment_samples": 1000, "runs": [[v, 1e-6] for v in DEFAULT_VARIANTS] + [["standard", 1e-7], ["batchnorm", 1e-7]],
         "hessian_iterations": 30,
     },
     "smoke": {
         "depth": 6, "width": 4, "samples": 64, "norm_layers": 5, "steps": 40,
         "measure_every": 10, "log_every": 1, "checkpoint_every": 10,
         "eta_multipliers": [0.01, 0.1, 1.0, 10.0, 30.0], "moment_layers": [1, 3, 5],
-        "moment_samples": 64, "runs": [[v, 1e-4] for v in VARIANTS] + [["standard", 1e-5], ["batchnorm", 1e-5]],
+        "moment_samples": 64, "runs": [[v, 1e-4] for v in DEFAULT_VARIANTS] + [["standard", 1e-5], ["batchnorm", 1e-5]],
         "hessian_iterations": 10,
     },
 }
@@ -121,24 +126,19 @@ def parse_args(argv=None):
         prog="python -m minibn.studies.dln",
         description="The paper's deep linear network experiments (ICS, landscape, Lp variants) on the embedded "
                     "synthetic data: 25 linear 10x10 layers, 1000 samples, summed squared error, full-batch GD.")
-    p.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
+    common.add_options(p, "runs/dln-<preset>")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                    help="paper: protocol.md's full scale (8 runs x 10,000 steps); smoke: the same pipeline, tiny [paper]")
-    p.add_argument("--out", default=None, help="output folder [runs/dln-<preset>]")
     p.add_argument("--seed", type=int, default=0, help="first seed: data, target A, initial weights and noise [0]")
     p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
-    p.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are kept, "
-                   "interrupted ones resume from their last checkpoint")
     p.add_argument("--variants", nargs="+", default=None, metavar="V",
-                   help=f"only these variants, of {', '.join(VARIANTS)} [the preset's]")
+                   help=f"only these variants, of {', '.join(VARIANTS)} [the preset's: {', '.join(DEFAULT_VARIANTS)}]")
     p.add_argument("--lr", nargs="+", type=float, default=None, metavar="LR",
                    help="run every chosen variant at each of these learning rates [the preset's pairs]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
     p.add_argument("--no-report", action="store_true",
                    help="write results.json and results.npz but no figures or report.md (build them later with "
                         "python -m minibn.studies.dln_report DIR)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
     args = p.parse_args(argv)
     try:
         validate(args)
@@ -161,8 +161,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    common.check_jobs(args.jobs)
     common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
@@ -185,8 +184,19 @@ def build_config(args):
     return cfg
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(out=None, *, preset="paper", variants=None, lr=None, steps=None, seed=0, seeds=1, backend="numpy",
+        resume=False, jobs=1, report=True, command=None):
+    """Run the study (the command line's options as arguments) and return what results.json holds.
+
+    A bad option raises ValueError before any work starts. Writes into ``out`` as the command
+    line does (``report=False``: results only, as ``--no-report``)."""
+    args = argparse.Namespace(out=out, preset=preset, variants=variants, lr=lr, steps=steps, seed=seed, seeds=seeds,
+                              backend=backend, resume=resume, jobs=jobs, no_report=not report)
+    validate(args)
+    return run_validated(args, command or f"minibn.studies.dln.run(out={args.out!r}, preset={preset!r}, ...)")
+
+
+def run_validated(args, command):
     cfg = build_config(args)
     # Runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
     # every other setting must match the runs already in the folder.
@@ -197,21 +207,27 @@ def main(argv=None):
     print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
           f"{args.jobs} at a time -> {args.out}", flush=True)
     started = time.perf_counter()
-    try:
-        results = run_all(specs, args.jobs)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
-              f"command plus --resume", file=sys.stderr)
-        return 130
+    results = run_all(specs, args.jobs)
     total = time.perf_counter() - started
     from minibn.studies import dln_report
 
     doc = {"study": "dln", "preset": args.preset,
-           "config": {**cfg, "environment": common.environment(), "command": "python -m minibn.studies.dln " + " ".join(argv or sys.argv[1:]),
-                      "wall_s": total},
+           "config": {**cfg, "environment": common.environment(), "command": command, "wall_s": total},
            "runs": results}
-    dln_report.write_all(args.out, doc, figures=not args.no_report)
+    slim = dln_report.write_all(args.out, doc, figures=not args.no_report)
     print(f"done in {total:.1f} s: {os.path.join(args.out, 'results.json' if args.no_report else 'report.md')}")
+    return slim
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    try:
+        run_validated(args, "python -m minibn.studies.dln " + " ".join(argv))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
+              f"command plus --resume", file=sys.stderr)
+        return 130
     return 0
 
 

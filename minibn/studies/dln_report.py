@@ -296,13 +296,15 @@ def split_arrays(doc):
 
 
 def write_all(out, doc, figures=True):
-    """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md."""
+    """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md;
+    returns what results.json holds."""
     slim, arrays = split_arrays(doc)
     io.write_json(os.path.join(out, "results.json"), slim)
     if arrays:
         io.write_npz(os.path.join(out, "results.npz"), **arrays)
     if figures:
         write_figures_and_report(out, slim, arrays)
+    return slim
 
 
 def write_figures_and_report(out, doc, arrays):

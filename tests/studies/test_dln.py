@@ -1,6 +1,7 @@
 """The DLN study end to end on the smoke preset: schema, figures, resume, option validation."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from minibn import io
-from minibn.studies import dln
+from minibn.studies import dln, dln_report
 
 RUN_KEYS = {"variant", "lr", "seed", "steps", "loss", "diverged_at", "ics", "landscape", "moments", "wall_s"}
 ICS_KEYS = {"steps", "layers", "l2", "cos"}
@@ -31,7 +32,7 @@ def test_smoke_results_schema(smoke):
     cfg = doc["config"]
     assert cfg["seeds"] == [0] and cfg["backend"] == "numpy" and "environment" in cfg
     variants = {r["variant"] for r in doc["runs"].values()}
-    assert variants == set(dln.VARIANTS)
+    assert variants == set(dln.DEFAULT_VARIANTS)
     assert len(doc["runs"]) == len(dln.PRESETS["smoke"]["runs"])
     for name, run in doc["runs"].items():
         assert RUN_KEYS <= set(run), name
@@ -151,3 +152,36 @@ def test_help_explains_every_option():
     for option in ("--backend", "--preset", "--out", "--seed", "--seeds", "--resume", "--variants", "--lr",
                    "--steps", "--jobs", "--no-report"):
         assert option in out
+
+
+def test_report_command_rebuilds_the_report_from_the_folder_alone(smoke, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(smoke, folder)
+    written = (folder / "report.md").read_text()
+    for name in ["report.md"] + FIGURES:
+        (folder / name).unlink()
+    (folder / "notes.md").write_text("## A note by hand\n")
+    subprocess.run([sys.executable, "-m", "minibn.studies.dln_report", str(folder)], check=True, capture_output=True)
+    assert (folder / "report.md").read_text() == written.rstrip("\n") + "\n\n## A note by hand\n"
+    assert all((folder / name).exists() for name in FIGURES)
+    # without results.npz the figures drawn from it are kept as they are, and the report is the same
+    (folder / "results.npz").unlink()
+    (folder / "fig13_activations.png").write_bytes(b"kept")
+    assert dln_report.main([str(folder)]) == 0
+    assert (folder / "fig13_activations.png").read_bytes() == b"kept"
+    assert (folder / "report.md").read_text().startswith(written.rstrip("\n"))
+
+
+def test_report_command_refuses_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        dln_report.main([str(tmp_path)])
+    assert err.value.code == 2 and "has no results.json" in capsys.readouterr().err
+
+
+def test_run_returns_what_results_json_holds(tmp_path):
+    doc = dln.run(out=str(tmp_path), preset="smoke", variants=["l2", "standard_noisy"], steps=3, report=False)
+    assert doc == io.read_json(tmp_path / "results.json")
+    assert sorted(doc["runs"]) == [dln.run_name("l2", 1e-4, 0), dln.run_name("standard_noisy", 1e-4, 0)]
+    assert doc["config"]["command"].startswith("minibn.studies.dln.run(")
+    with pytest.raises(ValueError, match="unknown variant"):
+        dln.run(out=str(tmp_path / "other"), preset="smoke", variants=["bogus"])

@@ -3,6 +3,9 @@ diverging configuration recorded while the study carries on, resume, option vali
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +60,27 @@ def test_smoke_results_schema_figures_and_report(smoke):
     text = open(os.path.join(out, "report.md")).read()
     assert "BN does not reduce internal covariate shift" in text and "noisy BN" in text
     assert text.count("**agrees**") + text.count("**disagrees**") >= 8
+
+
+def test_report_command_rebuilds_the_report_from_the_folder_alone(smoke, tmp_path):
+    out, _ = smoke
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("runs"))
+    written = (folder / "report.md").read_text()
+    figures = sorted(p.name for p in folder.glob("*.png"))
+    for name in figures + ["report.md"]:
+        (folder / name).unlink()
+    subprocess.run([sys.executable, "-m", "minibn.studies.vgg_report", str(folder)], check=True, capture_output=True)
+    assert (folder / "report.md").read_text() == written
+    assert sorted(p.name for p in folder.glob("*.png")) == figures
+
+
+def test_run_returns_what_results_json_holds(data_dir, tmp_path):
+    doc = vgg.run(out=str(tmp_path), preset="smoke", experiments=["E4"], data_dir=data_dir, steps=2)
+    assert doc == io.read_json(os.path.join(tmp_path, "results.json"))
+    assert sorted(doc["runs"]) == ["batchnorm_lr0.1", "standard_lr0.1"] and doc["experiments"] == ["E4"]
+    with pytest.raises(ValueError, match="--only"):
+        vgg.run(out=str(tmp_path / "other"), preset="smoke", experiments=["E4"], data_dir=data_dir, only=["l1_lr0.1"])
 
 
 def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
