@@ -136,8 +136,8 @@ def test_staged_backward_refuses_eval_cache():
         batchnorm.backward_staged(np.ones((3, 2)), cache)
 
 
-def test_backward_is_the_projection_gamma_over_sigma_P():
-    """dx = (gamma/sigma) P dy with P = I - 11^T/m - x_hat x_hat^T/m (eps = 0), P a symmetric projection."""
+def test_backward_is_the_projection_gamma_inv_std_P():
+    """dx = gamma * inv_std * P dy with P = I - 11^T/m - x_hat x_hat^T/m (eps = 0), P a symmetric projection."""
     rng = np.random.default_rng(3)
     m, gamma = 7, np.array([1.7])
     x, dy = rng.normal(size=(m, 1)), rng.normal(size=(m, 1))
