@@ -10,6 +10,8 @@ def pytest_addoption(parser):
     parser.addoption("--fake-cupy", action="store_true",
                      help="run the CuPy halves on the strict CuPy stand-in (tests/fakecupy) where no GPU is usable; "
                           "a real GPU takes precedence")
+    parser.addoption("--fake-cupy-version", default="13.3.0",
+                     help="the CuPy version the stand-in models (12.x: eigsh without v0) [13.3.0]")
 
 
 def pytest_configure(config):
@@ -18,7 +20,7 @@ def pytest_configure(config):
         if backend.is_available("cupy"):
             config.fake_cupy_note = "fake-cupy: a GPU is usable, the CuPy halves run on the real CuPy"
         else:
-            fakecupy.install()
+            fakecupy.install(config.getoption("--fake-cupy-version"))
             config.fake_cupy_note = f"fake-cupy: CuPy halves run on the stand-in (as CuPy {fakecupy.cupy.__version__})"
 
 

@@ -63,3 +63,14 @@ def test_rng_from_seed_or_generator():
     assert backend.rng(g) is g
     assert isinstance(backend.rng(None), np.random.Generator)
     assert backend.host is np
+
+
+def test_array_module_of_a_device_array_asks_the_driver_nothing():
+    from tests import fakecupy
+    with fakecupy.installed() as cupy:
+        d = backend.to_device(np.ones(3), "cupy")
+        fakecupy.DEVICE["error"] = "the driver must not be asked per call"
+        try:
+            assert backend.array_module(np.ones(1), d) is cupy
+        finally:
+            fakecupy.DEVICE["error"] = None

@@ -56,6 +56,14 @@ def test_scalars_mix_and_results_stay_on_the_device(cp):
     assert cp.float32 is np.float32 and d.astype(cp.float32).dtype == np.float32
 
 
+def test_sequences_of_device_arrays_build_on_the_device(cp):
+    with fakecupy.counting() as counts:
+        d = cp.asarray([cp.ones(2), cp.zeros(2)])
+    assert d.shape == (2, 2) and counts.total("to_device") == 0
+    with pytest.raises(TypeError):
+        cp.asarray([cp.ones(2), np.zeros(2)])
+
+
 def test_numpy_function_without_a_cupy_twin_raises(cp):
     with pytest.raises(TypeError):
         np.polyfit(cp.arange(3.0), cp.arange(3.0), 1)

@@ -92,15 +92,35 @@ def _named(function, name):
     return function
 
 
+def _holds_device_arrays(obj):
+    return isinstance(obj, (list, tuple)) and any(type(v) is ndarray or _holds_device_arrays(v) for v in obj)
+
+
+def _stacked(obj, dtype):
+    """CuPy builds an array from a (nested) sequence of device arrays on the device."""
+    def payload(v):
+        if type(v) is ndarray:
+            return v._data
+        if isinstance(v, (list, tuple)):
+            return [payload(u) for u in v]
+        raise TypeError(f"Unsupported type {type(v)} among device arrays")
+    record("ops")
+    return ndarray._of(numpy.array(payload(obj), dtype=dtype))
+
+
 def asarray(a, dtype=None, order=None, *, blocking=False):
     """A device array: no copy for a device array of that dtype, else a host-to-device copy."""
     if type(a) is ndarray:
         return a if dtype is None or numpy.dtype(dtype) == a.dtype else a.astype(dtype)
+    if _holds_device_arrays(a):
+        return _stacked(a, dtype)
     record("to_device")
     return ndarray._of(numpy.array(a, dtype=dtype, order=order or "K", copy=True))
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    if _holds_device_arrays(obj):
+        return _stacked(obj, dtype)
     if type(obj) is ndarray:
         if not copy and (dtype is None or numpy.dtype(dtype) == obj.dtype):
             return obj
