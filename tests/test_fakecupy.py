@@ -150,6 +150,15 @@ def test_pickling_reads_back_and_copies_again(cp):
     np.testing.assert_array_equal(e.get(), [0.0, 1.0, 2.0])
 
 
+def test_copies_stay_on_the_device(cp):
+    import copy
+    d = cp.arange(3.0)
+    with fakecupy.counting() as counts:
+        e, f = copy.copy(d), copy.deepcopy({"w": d})["w"]
+    assert isinstance(f, cp.ndarray) and e is not d and f is not d
+    assert counts.total("to_host") == counts.total("to_device") == 0 and counts.total("ops") == 2
+
+
 def test_as_strided_and_random_stay_on_the_device(cp):
     d = cp.arange(6.0)
     windows = cp.lib.stride_tricks.as_strided(d, shape=(4, 3), strides=(8, 8))

@@ -214,6 +214,13 @@ class ndarray:
     def __format__(self, spec):
         return format(self._read() if self.ndim else self._read().item(), spec)
 
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        # CuPy copies on the device; only pickling goes through the host.
+        return self.copy()
+
     def __reduce__(self):
         # Pickling reads the data back (CuPy does the same); unpickling copies it to the device.
         return (_unpickle, (self.get(),))
