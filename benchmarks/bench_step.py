@@ -2,7 +2,7 @@
 
 Two workloads, float32, channels-last for minibn:
 
-* ``vgg16``: one full training step of the CIFAR VGG-16 (protocol.md §1, BatchNorm before
+* ``vgg16``: one full training step of the CIFAR VGG-16 (docs/protocol.md §1, BatchNorm before
   each ReLU by default) on a batch of 128 32x32x3 images: forward, softmax cross-entropy,
   backward, plain SGD update;
 * ``block``: conv3x3(64->64, padding 1) + BatchNorm + ReLU, forward and backward (dx

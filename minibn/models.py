@@ -1,4 +1,4 @@
-"""Model builders: the paper's CIFAR VGG and deep linear network (protocol.md §1).
+"""Model builders: the paper's CIFAR VGG and deep linear network (docs/protocol.md §1).
 
 Both take ``norm``, the normalization inserted after each weight layer (before the
 ReLU in VGG): a name of :data:`minibn.nn.normalization.REGISTRY` ("standard" or None,

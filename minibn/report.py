@@ -36,7 +36,7 @@ def floats(values):
 
 def window(steps, early=False):
     """Indices of the measurement points after step 0; ``early``: only the first 20% of them (at
-    least one), protocol.md's "early in training" (at step 0 a network can sit on a flat plateau)."""
+    least one), docs/protocol.md's "early in training" (at step 0 a network can sit on a flat plateau)."""
     idx = [i for i, s in enumerate(steps) if s > 0]
     return idx[:max(1, math.ceil(0.2 * len(idx)))] if early else idx
 

@@ -1,6 +1,6 @@
 """The paper's Section 4 (and Appendix C) as functions of a layer's actual arrays.
 
-Setup (protocol.md §5, derivations in docs/theory.md), in the symbols of minibn's layers.
+Setup (docs/protocol.md §5, derivations in docs/theory.md), in the symbols of minibn's layers.
 One weight layer x = h W (+ b) on a batch of m rows, then BatchNorm with **eps = 0** and
 the **population** variance; for a unit (channel) j, with columns of length m:
 

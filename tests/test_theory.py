@@ -1,4 +1,4 @@
-"""protocol.md §5 checked against minibn's own BatchNorm and Dense code (minibn/theory.py).
+"""docs/protocol.md §5 checked against minibn's own BatchNorm and Dense code (minibn/theory.py).
 
 Each true statement must hold on random instances (hypothesis draws m, widths, gamma,
 beta, the scale and offset of the batch, and a smooth downstream loss with a

@@ -1,4 +1,4 @@
-"""The deep linear network's embedded synthetic regression data (protocol.md §1).
+"""The deep linear network's embedded synthetic regression data (docs/protocol.md §1).
 
 A target map A with A_ij ~ N(0, 1) and inputs x ~ N(0, I); with samples as rows,
 X has shape (n, d_in) and Y = X A^T has shape (n, d_out). Everything is drawn from

@@ -3,7 +3,9 @@
 * :mod:`minibn.measure.ics` -- internal covariate shift (Definition 2.1);
 * :mod:`minibn.measure.landscape` -- loss and gradient along the gradient direction;
 * :mod:`minibn.measure.moments` -- activation moments and samples for ridge plots;
-* :mod:`minibn.measure.hessian` -- Hessian-vector products, top eigenvalue, trace, curvature.
+* :mod:`minibn.measure.hessian` -- Hessian-vector products, top eigenvalue, trace, curvature;
+* :mod:`minibn.measure.theorychecks` -- the paper's Section 4 statements on every BatchNorm layer of a
+  training model (docs/theory.md).
 
 Every instrument runs the model in ``"probe"`` mode (batch statistics, no state
 change) and brackets its work with the model's snapshot (``with model.snapshot():``),

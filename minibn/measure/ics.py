@@ -1,4 +1,4 @@
-"""Internal covariate shift, Definition 2.1 of the paper (protocol.md §3).
+"""Internal covariate shift, Definition 2.1 of the paper (docs/protocol.md §3).
 
 For a model whose parameters form blocks 1..k (``model.blocks()``: a weight layer
 with its normalization's gamma, beta), a batch (x, target) and the optimizer's update

@@ -1,4 +1,4 @@
-"""The loss landscape along the gradient direction (protocol.md §3, paper Sec 3.2 and A.2.2).
+"""The loss landscape along the gradient direction (docs/protocol.md §3, paper Sec 3.2 and A.2.2).
 
 At weights w with gradient g = grad L(w) on a batch (probe mode), for each step size
 eta' of a grid:

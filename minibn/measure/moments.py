@@ -1,4 +1,4 @@
-"""Activation moments through training (protocol.md §3, paper Fig 2, 5, 7).
+"""Activation moments through training (docs/protocol.md §3, paper Fig 2, 5, 7).
 
 For each chosen layer index l, the input h_l that layer l sees on the batch (the
 forward run layer by layer in "probe" mode), and for each unit j (the last axis;

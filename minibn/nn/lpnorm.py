@@ -1,4 +1,4 @@
-"""Lp normalization (protocol.md §2): BatchNorm with the standard deviation replaced by
+"""Lp normalization (docs/protocol.md §2): BatchNorm with the standard deviation replaced by
 the power mean ``norm`` = N_p of the *uncentred* values, p in {1, 2, inf}.
 
 For a channel j, the m = N (or N*H*W) values x_i pooled over every axis but the last:

@@ -1,4 +1,4 @@
-"""The deep linear network study: the paper's DLN experiments (E3, E4, E5 of protocol.md §4).
+"""The deep linear network study: the paper's DLN experiments (E3, E4, E5 of docs/protocol.md §4).
 
     python -m minibn.studies.dln [--backend numpy|cupy] [--preset smoke|paper] [--out DIR]
                                  [--seed N] [--seeds K] [--resume] [--variants ...] [--lr ...]
@@ -28,7 +28,7 @@ from minibn.studies import common
 
 #: The variants a run may use.
 VARIANTS = tuple(normalization.REGISTRY)
-#: The variants the presets run: those of the paper's DLN experiments (protocol.md §4).
+#: The variants the presets run: those of the paper's DLN experiments (docs/protocol.md §4).
 DEFAULT_VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
 
 PRESETS = {
@@ -128,7 +128,7 @@ def parse_args(argv=None):
                     "synthetic data: 25 linear 10x10 layers, 1000 samples, summed squared error, full-batch GD.")
     common.add_options(p, "runs/dln-<preset>")
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="paper: protocol.md's full scale (8 runs x 10,000 steps); smoke: the same pipeline, tiny [paper]")
+                   help="paper: docs/protocol.md's full scale (8 runs x 10,000 steps); smoke: the same pipeline, tiny [paper]")
     p.add_argument("--seed", type=int, default=0, help="first seed: data, target A, initial weights and noise [0]")
     p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
     p.add_argument("--variants", nargs="+", default=None, metavar="V",

@@ -2,7 +2,7 @@
 
     python -m minibn.studies.dln_report DIR      # rebuild DIR's figures and report from DIR/results.json
 
-The report puts each claim of protocol.md §4 that the DLN tests beside what the runs
+The report puts each claim of docs/protocol.md §4 that the DLN tests beside what the runs
 measured. The comparison rules are fixed here, before any result is seen:
 
 * ICS (E3): per seed, the median over measurement points after step 0 of each block's
@@ -330,7 +330,7 @@ def report_markdown(doc):
     plateau_lines = []
     if same:
         plateau_lines = [f"Normalized variants (batchnorm, l1, l2, linf) ending within 1% of one final loss: "
-                         f"{sum(p[3] for p in same)} of {len(same)} (LR, seed) pairs (protocol.md §1 reports the same "
+                         f"{sum(p[3] for p in same)} of {len(same)} (LR, seed) pairs (docs/protocol.md §1 reports the same "
                          "plateau from an independent implementation: gradient descent on a product of 25 random "
                          "10x10 matrices learns only a few of A's modes in 10,000 steps).", ""]
     cfg = doc["config"]
@@ -350,7 +350,7 @@ def report_markdown(doc):
         eos.append([variant, f"{lr:g}", report.fmt(report.finite_median(fracs), 2)])
     lines = [
         f"# DLN study ({doc['preset']} preset)", "",
-        "The paper's deep linear network experiments (protocol.md §1; E3, E4, E5 of §4): "
+        "The paper's deep linear network experiments (docs/protocol.md §1; E3, E4, E5 of §4): "
         f"{cfg['depth']} linear layers of width {cfg['width']}, {cfg['samples']} samples, summed squared error, "
         f"full-batch gradient descent for {cfg['steps']} steps, normalization after the first {cfg['norm_layers']} "
         f"layers; seeds {cfg['seeds']}.", "",

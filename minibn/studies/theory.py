@@ -1,4 +1,4 @@
-"""The theory study: protocol.md §5 checked on random instances and on trained networks.
+"""The theory study: docs/protocol.md §5 checked on random instances and on trained networks.
 
     python -m minibn.studies.theory [--out DIR] [--backend numpy|cupy] [--seed N]
                                     [--instances N] [--steps N] [--every N] [--units N]
@@ -103,7 +103,7 @@ def build_networks(seed):
     X, Y, _ = linear_regression(1000, 10, 10, rng=rng)
     out["dln"] = (models.dln(depth=25, width=10, norm="batchnorm", rng=rng), _sum_squared, train.FullBatch(X, Y), 1e-6,
                   "deep linear network 25 x (10x10), BN after the first 24 layers, 1000 samples, full-batch GD on "
-                  "summed squared error, LR 1e-6 (protocol.md §1)")
+                  "summed squared error, LR 1e-6 (docs/protocol.md §1)")
     xm = rng.standard_normal((512, 16))
     out["mlp"] = (_mlp(rng, "float64"), nn.softmax_cross_entropy,
                   train.MiniBatches(xm, _teacher_labels(xm, 4, rng), 64, seed=seed), 0.1,

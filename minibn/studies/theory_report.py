@@ -1,4 +1,4 @@
-"""The theory study's report: each statement of protocol.md §5 beside what was measured.
+"""The theory study's report: each statement of docs/protocol.md §5 beside what was measured.
 
     python -m minibn.studies.theory_report DIR      # rebuild DIR/report.md from DIR/results.json
 
@@ -47,7 +47,7 @@ def render_report(doc):
         rows.append([f"`{name}`", c["statement"], "**yes**" if c["holds"] else "**no**", counts, f(c["max_rel_err"]),
                      f(c["tolerance"]), MEASURED[name][0]])
     lines = ["# Section 4 of the paper, checked against minibn's code", "",
-             "Every statement of protocol.md §5, evaluated with minibn's own BatchNorm and Dense forward/backward "
+             "Every statement of docs/protocol.md §5, evaluated with minibn's own BatchNorm and Dense forward/backward "
              "(eps = 0, population variance, as the theory assumes) on random layers and on every BN layer of "
              "three trained networks at several points of training. Derivations and the corrections to the "
              "published text: [docs/theory.md](../../docs/theory.md).", "",

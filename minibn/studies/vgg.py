@@ -1,4 +1,4 @@
-"""The VGG / CIFAR-10 study: the paper's VGG experiments E1-E5 of protocol.md §4.
+"""The VGG / CIFAR-10 study: the paper's VGG experiments E1-E5 of docs/protocol.md §4.
 
     python -m minibn.studies.vgg [--backend numpy|cupy] [--preset smoke|cpu|paper]
                                  [--experiments E1,E2,...] [--out DIR] [--data-dir DIR]
@@ -51,7 +51,7 @@ EXPERIMENTS = {
 ETA_MULTIPLIERS = [0.5, 1.0, 2.0, 4.0]
 
 PRESETS = {
-    # protocol.md §1 exactly: VGG-16, 15,000 steps of batch 128; meant for a GPU.
+    # docs/protocol.md §1 exactly: VGG-16, 15,000 steps of batch 128; meant for a GPU.
     "paper": {"config": "vgg16", "width": 1.0, "steps": 15_000, "batch": 128, "train_size": None,
               "eval_train_size": 10_000, "eval_test_size": 10_000, "eval_every": 500, "measure_every": 100,
               "checkpoint_every": 500, "moment_samples": 512, "lr": 0.1, "lr_high": 0.5, "lr_low": 0.01},
@@ -185,7 +185,7 @@ def run_one(job):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m minibn.studies.vgg",
-        description="The paper's VGG/CIFAR-10 experiments (protocol.md §4): E1 accuracy at two LRs, E2 noisy BN, "
+        description="The paper's VGG/CIFAR-10 experiments (docs/protocol.md §4): E1 accuracy at two LRs, E2 noisy BN, "
                     "E3 internal covariate shift, E4 landscape along the gradient, E5 Lp normalizations.")
     common.add_options(p, "runs/vgg-<preset>")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),

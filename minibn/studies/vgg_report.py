@@ -13,7 +13,7 @@ figure numbers follow the paper's VGG panels as minibn reads them (docs/vgg.md):
     fig8_moments                         E2: step-to-step changes of the activation moments
     fig11_gradpred_vs_eta                E4: ||grad L(w - eta' g) - g|| against eta', coloured by step
 
-Layer numbers count conv layers 1..n (protocol.md §1); the paper's layer k of VGG-16's 13
+Layer numbers count conv layers 1..n (docs/protocol.md §1); the paper's layer k of VGG-16's 13
 becomes layer round(k n / 13) of a net with n conv layers.
 """
 
@@ -323,7 +323,7 @@ def verdict(ok):
 
 
 def claims(doc, arrays):
-    """``[(claim, measured, verdict)]`` for protocol.md §4's claims the selected experiments test."""
+    """``[(claim, measured, verdict)]`` for docs/protocol.md §4's claims the selected experiments test."""
     cfg, out = doc["config"], []
     lr, hi, lo = cfg["lr"], cfg["lr_high"], cfg["lr_low"]
     std, bn = find(doc, "standard", lr), find(doc, "batchnorm", lr)
@@ -451,7 +451,7 @@ def report_markdown(doc, arrays, figures):
         f"every {cfg['eval_every']} steps; instruments every {cfg['measure_every']} steps; landscape grid "
         f"{cfg['eta_multipliers']}×LR.", "",
         "## The paper's claims beside this run", "",
-        report.table(["claim (protocol.md §4)", "measured here", "verdict"], claims(doc, arrays)), "",
+        report.table(["claim (docs/protocol.md §4)", "measured here", "verdict"], claims(doc, arrays)), "",
         "## Runs", "", runs_table(doc), "",
         "\"final train loss\" is the mean training-batch loss over the last 10% of steps (train mode: noisy BN's "
         "with its noise); accuracies are the last evaluation; \"step images/s\" times the bare training step "
