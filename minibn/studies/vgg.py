@@ -2,7 +2,7 @@
 
     python -m minibn.studies.vgg [--backend numpy|cupy] [--preset smoke|cpu|paper]
                                  [--experiments E1,E2,...] [--out DIR] [--data-dir DIR]
-                                 [--seed N] [--resume] [--jobs N] [--steps N]
+                                 [--seed N] [--seeds K] [--resume] [--jobs N] [--steps N]
                                  [--lr LR] [--lr-high LR] [--lr-low LR]
 
 A run is one (variant, LR) configuration; an experiment names the runs it needs, and a
@@ -17,8 +17,10 @@ run that serves several experiments is trained once:
 (LR 0.1, LR_HIGH 0.5, LR_LOW 0.01 by default.) Each run carries every instrument any
 experiment asks of it (ICS for E3's runs, landscape probes for every run at LR,
 activation moments for all), so a run's result does not depend on which experiments
-were selected. All runs share the seed: the same initial weights (models.vgg draws the
-noise generators apart) and the same batches.
+were selected. The runs of one seed share it: the same initial weights (models.vgg draws
+the noise generators apart) and the same batches. ``--seeds K`` repeats every run with
+seeds seed, seed+1, ..., seed+K-1; runs are named by variant, LR and seed
+(``batchnorm_lr0.1_seed0``), so a resumed study may add seeds.
 
 The study writes DIR/runs/NAME/result.json per finished run (a resumed study keeps them),
 then DIR/results.json (+ results.npz with the activation samples), the figures and
@@ -70,18 +72,21 @@ def loss_fn(logits, labels):
     return nn.softmax_cross_entropy(logits, labels)
 
 
-def run_name(variant, lr):
-    return f"{variant}_lr{lr:g}"
+def run_name(variant, lr, seed):
+    return f"{variant}_lr{lr:g}_seed{seed}"
 
 
 def plan(cfg, experiments):
-    """``{name: spec}`` of the runs the experiments need, each with its instruments and experiments."""
+    """``{name: spec}`` of the runs the experiments need for every seed of ``cfg["seeds"]``, each
+    with its seed, instruments and experiments."""
     runs = {}
-    for exp in experiments:
-        for variant, which in EXPERIMENTS[exp]:
-            lr = cfg[which]
-            spec = runs.setdefault(run_name(variant, lr), {"variant": variant, "lr": lr, "experiments": []})
-            spec["experiments"].append(exp)
+    for seed in cfg["seeds"]:
+        for exp in experiments:
+            for variant, which in EXPERIMENTS[exp]:
+                lr = cfg[which]
+                spec = runs.setdefault(run_name(variant, lr, seed),
+                                       {"variant": variant, "lr": lr, "seed": seed, "experiments": []})
+                spec["experiments"].append(exp)
     for spec in runs.values():
         is_base = spec["lr"] == cfg["lr"]
         spec["ics"] = spec["variant"] in ("standard", "batchnorm") and (is_base or spec["lr"] == cfg["lr_low"])
@@ -140,10 +145,11 @@ def run_one(job):
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(cfg["backend"])
     data = load_data(cfg, cfg["data_dir"])
-    model = models.vgg(cfg["config"], norm=spec["variant"], width=cfg["width"], rng=cfg["seed"], dtype="float32")
+    seed = spec["seed"]
+    model = models.vgg(cfg["config"], norm=spec["variant"], width=cfg["width"], rng=seed, dtype="float32")
     model.to(cfg["backend"])
     stream = train.MiniBatches(backend.to_device(data["train_x"], xp), backend.to_device(data["train_y"], xp),
-                               cfg["batch"], seed=cfg["seed"])
+                               cfg["batch"], seed=seed)
     eval_sets = {split: (backend.to_device(data[f"{split}_x"], xp), backend.to_device(data[f"{split}_y"], xp))
                  for split in ("eval", "test")}
 
@@ -159,7 +165,7 @@ def run_one(job):
     lr, every = spec["lr"], cfg["measure_every"]
     # train mode: the activation distributions show the noise, as the paper's Fig 2 does
     callbacks = [moments.MomentsRecorder(preactivation_layers(model), every=every, n_samples=cfg["moment_samples"],
-                                         seed=cfg["seed"], mode="train")]
+                                         seed=seed, mode="train")]
     if spec["ics"]:
         callbacks.append(ics.ICSRecorder(loss_fn, every=every))
     if spec["landscape"]:
@@ -169,7 +175,7 @@ def run_one(job):
                       checkpoint_every=cfg["checkpoint_every"], resume=job["resume"], progress=name)
     record = out["callbacks"]
     result = {
-        "variant": spec["variant"], "lr": lr, "seed": cfg["seed"], "experiments": spec["experiments"],
+        "variant": spec["variant"], "lr": lr, "seed": seed, "experiments": spec["experiments"],
         "steps": out["steps"], "loss": out["loss"], "diverged_at": out["diverged_at"],
         "eval_steps": out["eval_steps"], **{k: out["eval"].get(k, []) for k in
                                            ("train_acc", "test_acc", "train_loss", "test_loss")},
@@ -194,10 +200,11 @@ def parse_args(argv=None):
     p.add_argument("--experiments", default="E1,E2,E3,E4,E5", help="comma-separated subset of E1..E5 [all]")
     p.add_argument("--data-dir", default=None, help="folder with the python-version CIFAR-10 batches "
                    "[$MINIBN_DATA/cifar10, else ~/.cache/minibn/cifar10, downloaded there if absent]")
-    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and noise [0]")
+    p.add_argument("--seed", type=int, default=0, help="first seed: initial weights, batch order and noise [0]")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
     p.add_argument("--only", default=None, metavar="RUN,...",
-                   help="train only these runs of the plan (e.g. batchnorm_lr0.1), to split a study over several "
+                   help="train only these runs of the plan (e.g. batchnorm_lr0.1_seed0), to split a study over several "
                         "processes or machines sharing --out; a last --resume without --only writes the whole report")
     p.add_argument("--lr", type=float, default=None, help="the base learning rate of every experiment [0.1]")
     p.add_argument("--lr-high", type=float, default=None, help="E1's large learning rate [0.5]")
@@ -224,6 +231,8 @@ def validate(args):
             raise ValueError(f"--{opt.replace('_', '-')} must be positive and finite, got {v}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     common.check_jobs(args.jobs)
     common.check_backend(args.backend)
     try:
@@ -246,34 +255,35 @@ def build_config(args):
     for key in ("steps", "lr", "lr_high", "lr_low"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    cfg.update(preset=args.preset, seed=args.seed, backend=args.backend, data_dir=os.path.abspath(str(args.data_dir)),
-               eta_multipliers=ETA_MULTIPLIERS)
+    cfg.update(preset=args.preset, seeds=list(range(args.seed, args.seed + args.seeds)), backend=args.backend,
+               data_dir=os.path.abspath(str(args.data_dir)), eta_multipliers=ETA_MULTIPLIERS)
     return cfg
 
 
 def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="numpy", data_dir=None, seed=0,
-        resume=False, jobs=1, steps=None, only=None, lr=None, lr_high=None, lr_low=None, command=None):
+        seeds=1, resume=False, jobs=1, steps=None, only=None, lr=None, lr_high=None, lr_low=None, command=None):
     """Run the study (the command line's options as arguments) and return what results.json holds.
 
     ``experiments`` and ``only`` take lists (or the command line's comma-separated strings); a bad
     option raises ValueError before any work starts. Writes into ``out`` as the command line does."""
     args = argparse.Namespace(out=out, preset=preset, experiments=experiments, backend=backend, data_dir=data_dir,
-                              seed=seed, resume=resume, jobs=jobs, steps=steps, only=only, lr=lr, lr_high=lr_high,
-                              lr_low=lr_low)
+                              seed=seed, seeds=seeds, resume=resume, jobs=jobs, steps=steps, only=only, lr=lr,
+                              lr_high=lr_high, lr_low=lr_low)
     validate(args)
     return run_validated(args, command or f"minibn.studies.vgg.run(out={args.out!r}, preset={preset!r}, ...)")
 
 
 def run_validated(args, command):
     cfg = build_config(args)
-    common.record_config(args.out, cfg, args.resume)
+    # runs are named by seed, so the seed list may grow or shrink on resume (as the DLN study's)
+    common.record_config(args.out, cfg, args.resume, may_change=("seeds",))
     runs = plan(cfg, args.experiments)
     if args.only:
         runs = {name: spec for name, spec in runs.items() if name in args.only}
     jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume}
             for name, spec in runs.items()]
-    print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}): {len(jobs)} runs of {cfg['steps']} steps "
-          f"on {args.backend}, {args.jobs} at a time -> {args.out}", flush=True)
+    print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}), seeds {cfg['seeds']}: {len(jobs)} runs of "
+          f"{cfg['steps']} steps on {args.backend}, {args.jobs} at a time -> {args.out}", flush=True)
     started = time.perf_counter()
     results = run_all(jobs, args.jobs)
     from minibn.studies import vgg_report
@@ -300,9 +310,10 @@ def main(argv=None):
 
 
 def run_all(jobs, workers):
-    """Runs in ``workers`` processes (spawned, one BLAS thread each); the costliest first."""
+    """Runs in ``workers`` processes (spawned, one BLAS thread each): seed by seed, so an interrupted
+    study leaves whole seeds, and within a seed the costliest first."""
     cost = {"noisy": 3, "standard_noisy": 2}
-    order = sorted(jobs, key=lambda j: -(cost.get(j["spec"]["variant"], 1) + 2 * j["spec"]["ics"]))
+    order = sorted(jobs, key=lambda j: (j["spec"]["seed"], -(cost.get(j["spec"]["variant"], 1) + 2 * j["spec"]["ics"])))
     results = {}
     for job, result in common.in_workers(run_one, order, workers):
         results[job["name"]] = result

@@ -433,6 +433,12 @@ FIGURES = ["fig1_accuracy", "fig1_activations", "fig2_noisy_accuracy", "fig2_noi
            "fig12_lp_activations"]
 
 
+def seeds_text(cfg):
+    """``seed 0`` or ``seeds 0, 1, 2``: studies before ``--seeds`` recorded one ``seed``."""
+    seeds = cfg.get("seeds", [cfg.get("seed")])
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
+
+
 def report_markdown(doc, arrays, figures):
     cfg = doc["config"]
     env = cfg["environment"]
@@ -446,7 +452,7 @@ def report_markdown(doc, arrays, figures):
         f"(runs already finished are read back, not retrained)", "",
         f"Model: VGG `{cfg['config']}` at width {cfg['width']:g}, Glorot-uniform init; plain SGD (no momentum, no "
         f"weight decay), batch {cfg['batch']}, {cfg['steps']} steps, softmax cross-entropy; LR {cfg['lr']:g} "
-        f"(E1 also {cfg['lr_high']:g}, E3 also {cfg['lr_low']:g}); seed {cfg['seed']}. Accuracy in eval mode "
+        f"(E1 also {cfg['lr_high']:g}, E3 also {cfg['lr_low']:g}); {seeds_text(cfg)}. Accuracy in eval mode "
         f"(running statistics, no noise) on {cfg['eval_train_size']} training and {cfg['eval_test_size']} test images "
         f"every {cfg['eval_every']} steps; instruments every {cfg['measure_every']} steps; landscape grid "
         f"{cfg['eta_multipliers']}×LR.", "",

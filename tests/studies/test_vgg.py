@@ -40,20 +40,20 @@ def test_smoke_results_schema_figures_and_report(smoke):
     assert doc["experiments"] == ["E1", "E2", "E3", "E4", "E5"]
     assert "command" in doc["config"] and "environment" in doc["config"]
     # 11 distinct configurations serve the five experiments
-    assert sorted(doc["runs"]) == sorted(["standard_lr0.1", "batchnorm_lr0.1", "standard_lr1e+06", "batchnorm_lr1e+06",
-                                          "noisy_lr0.1", "standard_noisy_lr0.1", "standard_lr0.01", "batchnorm_lr0.01",
-                                          "l1_lr0.1", "l2_lr0.1", "linf_lr0.1"])
+    assert sorted(doc["runs"]) == sorted(f"{name}_seed0" for name in [
+        "standard_lr0.1", "batchnorm_lr0.1", "standard_lr1e+06", "batchnorm_lr1e+06", "noisy_lr0.1",
+        "standard_noisy_lr0.1", "standard_lr0.01", "batchnorm_lr0.01", "l1_lr0.1", "l2_lr0.1", "linf_lr0.1"])
     for name, run in doc["runs"].items():
         assert RUN_KEYS <= set(run), name
         assert len(run["train_acc"]) == len(run["test_acc"]) == len(run["eval_steps"])
         assert "samples" not in next(iter(run["moments"]["layers"].values()))  # moved to results.npz
-    bn = doc["runs"]["batchnorm_lr0.1"]
+    bn = doc["runs"]["batchnorm_lr0.1_seed0"]
     assert bn["diverged_at"] is None and bn["steps"] == list(range(6)) and bn["eval_steps"] == [0, 3, 6]
     assert len(bn["ics"]["l2"][0]) == len(bn["ics"]["layers"]) == 3  # two conv layers and the classifier
     assert bn["landscape"]["eta"] == pytest.approx([0.05, 0.1, 0.2, 0.4])
-    assert doc["runs"]["standard_lr0.01"]["landscape"] is None and doc["runs"]["l2_lr0.1"]["ics"] is None
+    assert doc["runs"]["standard_lr0.01_seed0"]["landscape"] is None and doc["runs"]["l2_lr0.1_seed0"]["ics"] is None
     with np.load(os.path.join(out, "results.npz")) as arrays:
-        assert arrays["noisy_lr0.1__moments__2"].shape == (3, 32)  # 3 measurements of 32 samples
+        assert arrays["noisy_lr0.1_seed0__moments__2"].shape == (3, 32)  # 3 measurements of 32 samples
     for fig in ("fig1_accuracy", "fig2_noisy_activations", "fig3_ics", "fig4_landscape", "fig5_lp_training",
                 "fig6_lp_landscape", "fig8_moments", "fig11_gradpred_vs_eta", "fig12_lp_activations"):
         assert os.path.getsize(os.path.join(out, f"{fig}.png")) > 1000, fig
@@ -78,15 +78,58 @@ def test_report_command_rebuilds_the_report_from_the_folder_alone(smoke, tmp_pat
 def test_run_returns_what_results_json_holds(data_dir, tmp_path):
     doc = vgg.run(out=str(tmp_path), preset="smoke", experiments=["E4"], data_dir=data_dir, steps=2)
     assert doc == io.read_json(os.path.join(tmp_path, "results.json"))
-    assert sorted(doc["runs"]) == ["batchnorm_lr0.1", "standard_lr0.1"] and doc["experiments"] == ["E4"]
+    assert sorted(doc["runs"]) == ["batchnorm_lr0.1_seed0", "standard_lr0.1_seed0"] and doc["experiments"] == ["E4"]
     with pytest.raises(ValueError, match="--only"):
-        vgg.run(out=str(tmp_path / "other"), preset="smoke", experiments=["E4"], data_dir=data_dir, only=["l1_lr0.1"])
+        vgg.run(out=str(tmp_path / "other"), preset="smoke", experiments=["E4"], data_dir=data_dir,
+                only=["l1_lr0.1_seed0"])
+
+
+def test_seeds_repeat_every_run_named_by_seed_and_a_resume_may_add_seeds(data_dir, tmp_path):
+    out = str(tmp_path / "seeds")
+    argv = ["--preset", "smoke", "--data-dir", data_dir, "--out", out, "--jobs", "1", "--experiments", "E4",
+            "--steps", "2", "--seed", "3"]
+    assert vgg.main(argv) == 0
+    first = io.read_json(os.path.join(out, "results.json"))
+    assert sorted(first["runs"]) == ["batchnorm_lr0.1_seed3", "standard_lr0.1_seed3"]
+    assert first["config"]["seeds"] == [3]
+    assert vgg.main(argv + ["--seeds", "2", "--resume"]) == 0
+    doc = io.read_json(os.path.join(out, "results.json"))
+    assert doc["config"]["seeds"] == [3, 4]
+    assert sorted(doc["runs"]) == ["batchnorm_lr0.1_seed3", "batchnorm_lr0.1_seed4",
+                                   "standard_lr0.1_seed3", "standard_lr0.1_seed4"]
+    assert {name: run["seed"] for name, run in doc["runs"].items()} == {
+        "batchnorm_lr0.1_seed3": 3, "batchnorm_lr0.1_seed4": 4, "standard_lr0.1_seed3": 3, "standard_lr0.1_seed4": 4}
+    # seed 3 was read back, not retrained; seed 4 starts from other weights and batches
+    assert doc["runs"]["standard_lr0.1_seed3"] == first["runs"]["standard_lr0.1_seed3"]
+    assert doc["runs"]["standard_lr0.1_seed4"]["loss"] != doc["runs"]["standard_lr0.1_seed3"]["loss"]
+    # a single-seed study of seed 4 trains exactly what the second seed of this one did
+    alone = vgg.run(out=str(tmp_path / "alone"), preset="smoke", experiments=["E4"], data_dir=data_dir, steps=2,
+                    seed=4)
+    assert alone["runs"]["standard_lr0.1_seed4"]["loss"] == doc["runs"]["standard_lr0.1_seed4"]["loss"]
+    assert "seeds 3, 4" in open(os.path.join(out, "report.md")).read()
+
+
+def test_report_reads_a_study_made_before_seeds(smoke, tmp_path):
+    """Studies committed before --seeds name runs without the seed and record one config "seed"."""
+    out, _ = smoke
+    folder = tmp_path / "old"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("runs", "*.png", "report.md"))
+    doc = io.read_json(folder / "results.json")
+    doc["config"]["seed"] = doc["config"].pop("seeds")[0]
+    doc["runs"] = {name.replace("_seed0", ""): run for name, run in doc["runs"].items()}
+    io.write_json(folder / "results.json", doc)
+    with np.load(folder / "results.npz") as stored:
+        renamed = {key.replace("_seed0", ""): stored[key] for key in stored.files}
+    np.savez(folder / "results.npz", **renamed)
+    subprocess.run([sys.executable, "-m", "minibn.studies.vgg_report", str(folder)], check=True, capture_output=True)
+    text = (folder / "report.md").read_text()
+    assert "seed 0." in text and "standard_lr0.1 " in text
 
 
 def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
     out, _ = smoke
     runs = io.read_json(os.path.join(out, "results.json"))["runs"]
-    diverged = runs["standard_lr1e+06"]
+    diverged = runs["standard_lr1e+06_seed0"]
     assert diverged["diverged_at"] is not None and diverged["loss"][-1] is None
     assert all(r["diverged_at"] is None for n, r in runs.items() if "1e+06" not in n)
     assert "diverged at step" in open(os.path.join(out, "report.md")).read()
@@ -94,14 +137,14 @@ def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
 
 def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     out, argv = smoke
-    marker = os.path.join(out, "runs", "standard_lr0.1", "result.json")
+    marker = os.path.join(out, "runs", "standard_lr0.1_seed0", "result.json")
     run = io.read_json(marker)
     run["wall_s"] = 12345.0  # a finished run must be reused, not retrained
     io.write_json(marker, run)
     assert vgg.main(argv + ["--resume", "--experiments", "E4"]) == 0
     doc = io.read_json(os.path.join(out, "results.json"))
-    assert sorted(doc["runs"]) == ["batchnorm_lr0.1", "standard_lr0.1"]
-    assert doc["runs"]["standard_lr0.1"]["wall_s"] == 12345.0
+    assert sorted(doc["runs"]) == ["batchnorm_lr0.1_seed0", "standard_lr0.1_seed0"]
+    assert doc["runs"]["standard_lr0.1_seed0"]["wall_s"] == 12345.0
     with pytest.raises(SystemExit, match="differ from the study.*steps"):
         vgg.main(argv + ["--resume", "--steps", "7"])
 
@@ -114,7 +157,8 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
-    (["--only", "batchnorm_lr0.1,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
+    (["--only", "batchnorm_lr0.1_seed0,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
 ])
 def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -141,14 +185,14 @@ def test_cupy_without_a_gpu_is_refused_up_front(data_dir, tmp_path, capsys):
 
 
 def test_plan_shares_runs_between_experiments():
-    cfg = vgg.PRESETS["cpu"]
+    cfg = {**vgg.PRESETS["cpu"], "seeds": [0]}
     runs = vgg.plan(cfg, ["E1", "E3", "E4"])
-    assert sorted(runs) == ["batchnorm_lr0.01", "batchnorm_lr0.1", "batchnorm_lr0.5",
-                            "standard_lr0.01", "standard_lr0.1", "standard_lr0.5"]
-    assert runs["standard_lr0.1"]["experiments"] == ["E1", "E3", "E4"]
-    assert runs["standard_lr0.1"]["ics"] and runs["standard_lr0.1"]["landscape"]
-    assert runs["batchnorm_lr0.01"]["ics"] and not runs["batchnorm_lr0.01"]["landscape"]
-    assert not runs["standard_lr0.5"]["ics"]
+    assert sorted(runs) == ["batchnorm_lr0.01_seed0", "batchnorm_lr0.1_seed0", "batchnorm_lr0.5_seed0",
+                            "standard_lr0.01_seed0", "standard_lr0.1_seed0", "standard_lr0.5_seed0"]
+    assert runs["standard_lr0.1_seed0"]["experiments"] == ["E1", "E3", "E4"]
+    assert runs["standard_lr0.1_seed0"]["ics"] and runs["standard_lr0.1_seed0"]["landscape"]
+    assert runs["batchnorm_lr0.01_seed0"]["ics"] and not runs["batchnorm_lr0.01_seed0"]["landscape"]
+    assert not runs["standard_lr0.5_seed0"]["ics"]
 
 
 def test_train_mode_moments_see_the_noise_and_leave_the_model_untouched():
