@@ -4,7 +4,9 @@ Everything else in minibn takes its array module ``xp`` from here: by name
 (:func:`get`), or from the arrays it is handed (:func:`array_module`).  All
 randomness starts on the host as a :class:`numpy.random.Generator` (:func:`rng`)
 and is moved to the device afterwards, so one seed gives the same numbers on
-both backends.
+both backends -- except the per-step noise of the noisy layers, which a GPU draws
+itself (:func:`device_random`, seeded from the host generator): copying it there every
+step would cost more than the step.
 
 >>> xp = get("numpy")
 >>> name_of(array_module(xp.zeros(3)))
@@ -110,6 +112,27 @@ def to_device(a, backend):
     if xp is numpy:
         return to_host(a)
     return xp.asarray(a)
+
+
+def scalar(value):
+    """A 0-d result (a loss, a norm) as a Python float on NumPy; on CuPy it stays a 0-d device
+    array, so reading it (``float(value)``, a device-to-host transfer that waits for the GPU)
+    is left to the caller that needs the number."""
+    if _is_cupy_array(value):
+        return value
+    return float(value)
+
+
+def device_random(xp, seed):
+    """A generator drawing on ``xp``'s GPU (``xp.random.RandomState``), seeded with the host
+    integer ``seed``; reseed it with ``.seed(int)``. CuPy's counter-based Philox is chosen
+    where CuPy exposes cuRAND's constants: reseeding it launches no initialization kernel
+    (the default XORWOW re-initializes its states at the next draw)."""
+    if name_of(xp) != "cupy":
+        raise ValueError("device_random: NumPy draws on the host; use backend.rng")
+    curand = getattr(xp.cuda, "curand", None)
+    method = getattr(curand, "CURAND_RNG_PSEUDO_PHILOX4_32_10", None)
+    return xp.random.RandomState(seed) if method is None else xp.random.RandomState(seed, method=method)
 
 
 def rng(seed=None):

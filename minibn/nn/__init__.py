@@ -9,12 +9,12 @@ from minibn.nn.flatten import Flatten
 from minibn.nn.batchnorm import BatchNorm
 from minibn.nn.noisy import NoiseInjection, NoisyBatchNorm
 from minibn.nn.lpnorm import LpNorm
-from minibn.nn.losses import softmax_cross_entropy, squared_error
+from minibn.nn.losses import check_labels, softmax_cross_entropy, squared_error
 from minibn.nn.init import glorot_normal, glorot_uniform
 
 __all__ = [
     "MODES", "Layer", "LayerError", "Sequential",
     "Dense", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "BatchNorm",
     "NoisyBatchNorm", "NoiseInjection", "LpNorm",
-    "softmax_cross_entropy", "squared_error", "glorot_normal", "glorot_uniform",
+    "check_labels", "softmax_cross_entropy", "squared_error", "glorot_normal", "glorot_uniform",
 ]

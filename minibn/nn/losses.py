@@ -1,4 +1,7 @@
-"""Losses: each returns ``(loss, dpred)`` with loss a Python float.
+"""Losses: each returns ``(loss, dpred)``; the loss is a Python float on NumPy and a 0-d
+device array on CuPy (``float(loss)`` reads it: a device-to-host transfer that waits for
+the GPU, which the training loop does on logging steps only; see
+:func:`minibn.backend.scalar`).
 
 Softmax cross-entropy, averaged over the batch of N rows with integer labels c_n:
 
@@ -15,6 +18,18 @@ from minibn import backend
 from minibn.nn.layer import LayerError, check_input
 
 
+def check_labels(labels, num_classes):
+    """Raise LayerError unless every label lies in [0, num_classes): two reads of the range.
+
+    :func:`softmax_cross_entropy` calls it on host labels; device labels are checked once
+    where the data enters (the studies call it on their label arrays before training), not
+    on every loss call. Unchecked, CuPy would wrap an out-of-range label silently.
+    """
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise LayerError(f"softmax_cross_entropy: labels must lie in [0, {num_classes}), got range [{low}, {high}]")
+
+
 def softmax_cross_entropy(logits, labels):
     check_input("softmax_cross_entropy", "logits", logits, ndims=(2,))
     xp = backend.array_module(logits)
@@ -28,14 +43,14 @@ def softmax_cross_entropy(logits, labels):
     if n == 0:
         raise LayerError(f"softmax_cross_entropy: the batch is empty (logits of shape {tuple(logits.shape)}); "
                          f"a mean over no samples is undefined")
-    if (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise LayerError(f"softmax_cross_entropy: labels must lie in [0, {k}), got range [{int(labels.min())}, {int(labels.max())}]")
+    if xp is backend.host:  # on a GPU reading the range back would stall every step: see check_labels
+        check_labels(labels, k)
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = xp.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)
     rows = xp.arange(n)
     log_p = shifted[rows, labels] - xp.log(total[:, 0])
-    loss = -float(log_p.mean())
+    loss = backend.scalar(-log_p.mean())
     dlogits = exp / total
     dlogits[rows, labels] -= 1.0
     dlogits *= 1.0 / n
@@ -55,7 +70,7 @@ def squared_error(pred, target, reduction="sum"):
     if reduction == "mean" and pred.size == 0:
         raise LayerError(f"squared_error: reduction 'mean' of an empty pred (shape {tuple(pred.shape)}) is undefined")
     diff = pred - target
-    loss = float((diff * diff).sum())
+    loss = backend.scalar((diff * diff).sum())
     scale = 2.0
     if reduction == "mean":
         loss /= diff.size

@@ -22,12 +22,16 @@ BatchNorm's backward of da = scale * dy.
 
 Noise is added in ``"train"`` mode only. ``"eval"`` and ``"probe"`` add none and draw
 nothing (the paper is silent; minibn's choice: measuring must neither perturb the loss
-nor advance the generator). The draws come from a host ``numpy.random.Generator``
-(:func:`minibn.backend.rng`) in the order mu, sigma (float64), shift, scale (standard
-uniform and normal variates in the input's dtype, see :func:`draw`), and are then moved
-to the input's device, so one seed gives the same noise on NumPy and CuPy. The
-generator's state (``bit_generator.state``) is part of ``layer.state()``, so a checkpoint
-resumes with the very same draws.
+nor advance the generator). On NumPy the draws come from the layer's host
+``numpy.random.Generator`` (:func:`minibn.backend.rng`) in the order mu, sigma (float64),
+shift, scale (standard uniform and normal variates in the input's dtype, see
+:func:`draw`). On CuPy they are drawn on the device (:func:`draw_on_device`): copying
+two values per element from the host every step would cost more than the step, so each
+step the host generator draws one 63-bit seed for the layer's device generator
+(:func:`minibn.backend.device_random`). Either way the host generator's state
+(``bit_generator.state``) is part of ``layer.state()`` and all a checkpoint needs to
+resume with the very same draws on the same backend. One seed gives the same noise on
+one backend, not across backends (the device streams are cuRAND's).
 """
 
 import copy
@@ -72,6 +76,21 @@ def draw(rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float
     return scale, shift
 
 
+def draw_on_device(device_rng, shape, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1, dtype="float64"):
+    """:func:`draw`'s ``(scale, shift)`` from a device generator (``xp.random.RandomState``),
+    the same distributions and the same arithmetic, drawn where they are used."""
+    channels = shape[-1]
+    mu = device_rng.uniform(-n_mu, n_mu, size=channels, dtype=dtype)
+    sigma = device_rng.uniform(1.0, n_sigma, size=channels, dtype=dtype)
+    shift = device_rng.random_sample(shape, dtype=dtype)
+    shift *= 2.0 * r_mu
+    shift += mu - r_mu
+    scale = device_rng.standard_normal(shape, dtype=dtype)
+    scale *= r_sigma
+    scale += sigma
+    return scale, shift
+
+
 def forward(x, scale, shift):
     """``(y, Cache)`` with y = scale * x + shift."""
     return x * scale + shift, Cache(scale)
@@ -95,6 +114,7 @@ class _NoiseSource:
                 raise ValueError(f"{name}: {arg} must be a finite number >= {low:g}, got {v!r}")
         self.noise = {"n_mu": float(n_mu), "n_sigma": float(n_sigma), "r_mu": float(r_mu), "r_sigma": float(r_sigma)}
         self.rng = backend.rng(rng)
+        self._device_rng = None  # made at the first draw on a GPU, reseeded every step
 
     def _describe_noise(self):
         return ", ".join(f"{k}={v:g}" for k, v in self.noise.items())
@@ -103,9 +123,24 @@ class _NoiseSource:
         """One step's (scale, shift) in x's dtype, on x's device."""
         xp = backend.array_module(x)
         draw_dtype = "float32" if x.dtype == "float32" else "float64"
-        scale, shift = draw(self.rng, x.shape, **self.noise, dtype=draw_dtype)
-        return (backend.to_device(scale.astype(x.dtype, copy=False), xp),
-                backend.to_device(shift.astype(x.dtype, copy=False), xp))
+        if xp is backend.host:
+            scale, shift = draw(self.rng, x.shape, **self.noise, dtype=draw_dtype)
+        else:
+            seed = int(self.rng.integers(2**63))
+            if self._device_rng is None:
+                self._device_rng = backend.device_random(xp, seed)
+            else:
+                self._device_rng.seed(seed)
+            scale, shift = draw_on_device(self._device_rng, x.shape, **self.noise, dtype=draw_dtype)
+        return scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
+
+    def clone(self):
+        # The device generator is a cuRAND handle (no deep copy); the clone makes its own.
+        device_rng, self._device_rng = self._device_rng, None
+        try:
+            return super().clone()
+        finally:
+            self._device_rng = device_rng
 
     def state(self):
         return {**super().state(), "rng": copy.deepcopy(self.rng.bit_generator.state)}

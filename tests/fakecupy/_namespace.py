@@ -167,7 +167,9 @@ class RandomState:
         self.seed(seed)
 
     def seed(self, seed=None):
-        self._host = numpy.random.RandomState(seed)
+        if seed is not None and not 0 <= int(seed) < 2**64:  # CuPy takes any uint64 seed
+            raise ValueError(f"seed must be an unsigned 64-bit integer, got {seed!r}")
+        self._host = numpy.random.RandomState(None if seed is None else numpy.random.MT19937(int(seed)))
 
     def rand(self, *size, dtype=float):
         return _draw(self._host.random_sample(size), dtype)

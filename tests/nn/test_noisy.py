@@ -259,12 +259,44 @@ def test_bad_inputs_and_constants_raise_errors_naming_layer_and_value():
         bn.backward(np.zeros((4, 2), np.float32))
 
 
-def test_numpy_and_cupy_draw_the_same_noise(xp):
-    x = np.random.default_rng(0).normal(size=(3, 2, 2, 4))
-    outs = []
-    for name in ("numpy", backend.name_of(xp)):
-        layer = nn.NoisyBatchNorm(4, rng=21, dtype="float64").to(name)
-        y = layer.forward(backend.to_device(x, name), "train")
-        outs.append((backend.to_host(y), layer.state()["rng"]))
-    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-12)
-    assert outs[0][1] == outs[1][1]
+def test_device_noise_is_seeded_resumable_and_follows_the_specification(xp):
+    """On either backend: a seed gives the same draws, the state resumes them, a clone draws
+    alike, and the draws have Algorithm 1's ranges (on CuPy they are drawn on the device)."""
+    x = backend.to_device(np.zeros((400, 300)), xp)
+    def layer(seed):
+        return nn.NoiseInjection(300, rng=seed, dtype="float64").to(backend.name_of(xp))
+    a, b = layer(21), layer(21)
+    first = backend.to_host(a.forward(x, "train"))
+    np.testing.assert_array_equal(first, backend.to_host(b.forward(x, "train")))
+    saved = a.state()
+    second = backend.to_host(a.forward(x, "train"))
+    assert not np.array_equal(first, second)
+    c = layer(99)
+    c.load_state(saved)
+    np.testing.assert_array_equal(backend.to_host(c.forward(x, "train")), second)
+    twin = a.clone()
+    np.testing.assert_array_equal(backend.to_host(twin.forward(x, "train")), backend.to_host(a.forward(x, "train")))
+    # zero input: y = shift ~ U(mu_j - 0.1, mu_j + 0.1) with mu_j ~ U(-0.5, 0.5)
+    width = first.max(0) - first.min(0)
+    assert width.max() <= 0.2 + 1e-12 and width.min() > 0.18 and np.abs(first).max() <= 0.6 + 1e-12
+    ones = backend.to_host(layer(5).forward(x + 1.0, "train") - layer(5).forward(x, "train"))
+    assert abs(ones.mean() - 1.125) < 0.02 and abs(ones.std(0, ddof=1).mean() - 0.1) < 0.005   # scale ~ N(sigma_j, 0.1^2)
+
+
+@pytest.mark.cupy
+def test_a_gpu_draws_its_own_noise():
+    """No host-to-device copy of noise on CuPy (the stand-in counts them); NumPy's draws stay
+    those of the host generator (test_noise_injection_applies_algorithm_1_with_documented_draws)."""
+    try:
+        xp = backend.get("cupy")
+    except backend.BackendUnavailable as err:
+        pytest.skip(str(err))
+    from tests import fakecupy
+    if not fakecupy.is_installed():
+        pytest.skip("counting copies needs the stand-in (--fake-cupy)")
+    layer = nn.NoisyBatchNorm(4, rng=3, dtype="float32").to("cupy")
+    x = xp.ones((8, 4), dtype="float32")
+    with fakecupy.counting() as counts:
+        layer.forward(x, "train")
+        layer.forward(x, "train")
+    assert counts.total("to_device") == 0 and counts.total("to_host") == 0
