@@ -34,6 +34,58 @@ def floats(values):
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
+#: The largest magnitude a figure draws: values beyond it (a diverging run reaches 1e260 and
+#: more) are drawn at it, because matplotlib's log axes overflow near 1e280 and its histograms
+#: cannot bin a range wider than float64's resolution allows.
+DRAW_LIMIT = 1e100
+
+
+def drawable(values, log=False):
+    """``values`` as a float array a figure can draw: None, NaN and infinities become NaN (the
+    line stops there), magnitudes are clipped to :data:`DRAW_LIMIT` (and, for a ``log`` axis,
+    values <= 0 become NaN and tiny ones are raised to 1 / DRAW_LIMIT)."""
+    a = floats(values)
+    with np.errstate(invalid="ignore"):
+        a = np.clip(a, -DRAW_LIMIT, DRAW_LIMIT)
+        if log:
+            a = np.where(a > 0, np.maximum(a, 1.0 / DRAW_LIMIT), math.nan)
+    return a
+
+
+def log_scale(ax, *arrays, axis="y"):
+    """Put ``ax`` on a log ``axis`` when one of ``arrays`` (already :func:`drawable` with ``log``)
+    has a value to show; an axis with nothing positive stays linear (matplotlib refuses to
+    log-scale it)."""
+    if any(np.isfinite(a).any() for a in arrays):
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def last_drawn(steps, values):
+    """``(step, value)`` of the last finite value (None when there is none): where a diverged
+    run's curve ends."""
+    a = floats(values)
+    finite = np.flatnonzero(np.isfinite(a))
+    return (steps[finite[-1]], float(a[finite[-1]])) if finite.size else None
+
+
+def mark_divergence(ax, steps, values, diverged_at, color=None):
+    """An ``x`` where a diverged run's curve ends (nothing for a run that did not diverge); its
+    step is in the legend (:func:`diverged_label`)."""
+    end = None if diverged_at is None else last_drawn(steps, values)
+    if end is not None:
+        ax.plot([end[0]], [end[1]], "x", color=color, ms=7, mew=1.5)
+
+
+def diverged_label(name, runs):
+    """``name``, plus "(diverged at step t)" (seed by seed when several) for the diverged ``runs``."""
+    diverged = [r for r in runs if r.get("diverged_at") is not None]
+    if not diverged:
+        return name
+    if len(runs) == 1:
+        return f"{name} (diverged at step {diverged[0]['diverged_at']})"
+    return f"{name} (diverged: " + ", ".join(f"seed {r.get('seed')} at step {r['diverged_at']}" for r in diverged) + ")"
+
+
 def window(steps, early=False):
     """Indices of the measurement points after step 0; ``early``: only the first 20% of them (at
     least one), docs/protocol.md's "early in training" (at step 0 a network can sit on a flat plateau)."""
@@ -58,26 +110,39 @@ def median_band(curves):
 
 def line_with_band(ax, x, curves, label, color=None, log=False):
     """Plot the median of ``curves`` with their min-max band (one curve: just the line)."""
-    mid, lo, hi = median_band(curves)
+    mid, lo, hi = (drawable(a, log) for a in median_band(curves))
     x = np.asarray(x)
     line, = ax.plot(x, mid, label=label, color=color, lw=1.3)
     if len(curves) > 1:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     if log:
-        ax.set_yscale("log")
+        log_scale(ax, mid, lo, hi)
     return line
 
 
 def range_band(ax, x, lo, hi, label, color=None, log=True):
     """A shaded min-max band, e.g. the loss variation along the gradient at each step."""
     x = np.asarray(x)
-    lo, hi = floats(lo), floats(hi)
+    lo, hi = drawable(lo, log), drawable(hi, log)
     band = ax.fill_between(x, lo, hi, color=color, alpha=0.35, lw=0, label=label)
     ax.plot(x, lo, color=band.get_facecolor()[0], lw=0.6, alpha=0.9)
     ax.plot(x, hi, color=band.get_facecolor()[0], lw=0.6, alpha=0.9)
     if log:
-        ax.set_yscale("log")
+        log_scale(ax, lo, hi)
     return band
+
+
+def histogram_edges(values, bins, trim=0.5):
+    """``bins + 1`` edges over the ``trim``..100-``trim`` percentiles of the finite ``values`` (the
+    range widened where it is empty or too narrow for ``bins`` distinct float64 edges); values are
+    clipped to :data:`DRAW_LIMIT` first."""
+    a = drawable(np.ravel(values))
+    a = a[np.isfinite(a)]
+    lo, hi = np.percentile(a, [trim, 100 - trim]) if a.size > 1 else (a.min(), a.max()) if a.size else (0.0, 0.0)
+    centre, half = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    # one value (or one repeated): a unit either side; else enough ulps for distinct edges
+    half = max(half if half > 0 else 1.0, 64 * bins * np.spacing(abs(centre)))
+    return np.linspace(centre - half, centre + half, bins + 1)
 
 
 def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60, max_ridges=11):
@@ -85,12 +150,8 @@ def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60, max_ridg
     at most ``max_ridges`` evenly spaced steps (the first and last included), so ridges stay legible."""
     keep = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), max_ridges)).round().astype(int))
     samples_by_step, steps = [samples_by_step[i] for i in keep], [steps[i] for i in keep]
-    finite = [np.asarray(s, dtype=float)[np.isfinite(np.asarray(s, dtype=float))] for s in samples_by_step]
-    allv = np.concatenate([f for f in finite if f.size] or [np.zeros(1)])
-    lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size > 1 else (allv.min() - 1, allv.max() + 1)
-    if hi <= lo:
-        lo, hi = lo - 1.0, hi + 1.0
-    edges = np.linspace(lo, hi, bins + 1)
+    finite = [a[np.isfinite(a)] for a in (drawable(np.ravel(s)) for s in samples_by_step)]
+    edges = histogram_edges(np.concatenate([np.zeros(0)] + finite), bins)
     centres = 0.5 * (edges[1:] + edges[:-1])
     for k, values in enumerate(finite):
         hist, _ = np.histogram(values, bins=edges, density=True)

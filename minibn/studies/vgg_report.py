@@ -163,6 +163,7 @@ def _plot_acc(ax, run, key, label, color, style="-"):
 def fig_accuracy(doc, path, variants, lrs, title):
     fig, axes = report.new_figure(1, 3)
     styles = ["-", "--", ":"]
+    losses = []
     for v in variants:
         for lr, style in zip(lrs, styles):
             run = find(doc, v, lr)
@@ -171,14 +172,16 @@ def fig_accuracy(doc, path, variants, lrs, title):
             legend = f"{label(v)}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
             _plot_acc(axes[0, 0], run, "train_acc", legend, color(v), style)
             _plot_acc(axes[0, 1], run, "test_acc", legend, color(v), style)
-            steps, loss = np.asarray(run["steps"]), floats(run["loss"])
+            steps, loss = np.asarray(run["steps"]), report.drawable(run["loss"], log=True)
             axes[0, 2].plot(steps, loss, color=color(v), lw=0.3, alpha=0.25)
             axes[0, 2].plot(steps, moving_average(loss), style, color=color(v), lw=1.2, label=legend)
+            report.mark_divergence(axes[0, 2], steps, loss, run["diverged_at"], color(v))
+            losses.append(loss)
     _acc_axes(axes[0, 0], f"{title}: training accuracy (eval mode)")
     _acc_axes(axes[0, 1], f"{title}: test accuracy")
-    axes[0, 2].set_yscale("log")
+    report.log_scale(axes[0, 2], *losses)
     axes[0, 2].set_xlabel("step")
-    axes[0, 2].set_title("training loss (moving average of 50)")
+    axes[0, 2].set_title("training loss (mean of 50 steps; x: diverged)")
     axes[0, 0].legend(fontsize=7)
     report.save(fig, path)
 
@@ -191,10 +194,11 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
             run = find(doc, v, lr)
             if run is None:
                 continue
-            x = samples(run, layer, arrays, run_name_of(doc, run))[-1]
+            x = report.drawable(samples(run, layer, arrays, run_name_of(doc, run))[-1])
             x = x[np.isfinite(x)]
             if x.size:
-                ax.hist(x, bins=50, density=True, histtype="step", color=color(v), label=label(v), lw=1.2)
+                ax.hist(x, bins=report.histogram_edges(x, 50, trim=0), density=True, histtype="step", color=color(v),
+                        label=label(v), lw=1.2)
         ax.set_title(f"conv layer {layer}: pre-activations at the last step")
         ax.set_xlabel("value")
         ax.legend(fontsize=7)
@@ -230,16 +234,15 @@ def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
             if not ic:
                 continue
             for k, layer in enumerate(layers):
-                l2 = floats([row[layer - 1] for row in ic["l2"]])
-                cos = floats([row[layer - 1] for row in ic["cos"]])
+                l2 = report.drawable([row[layer - 1] for row in ic["l2"]], log=True)
+                cos = report.drawable([row[layer - 1] for row in ic["cos"]])
                 axes[1 + k, col].plot(ic["steps"], l2, color=color(v), label=label(v))
                 axes[1 + len(layers) + k, col].plot(ic["steps"], cos, color=color(v), label=label(v))
         _acc_axes(axes[0, col], f"LR {lr:g}: training accuracy")
         axes[0, col].legend(fontsize=7)
         for k, layer in enumerate(layers):
             axes[1 + k, col].set_title(f"LR {lr:g}, layer {layer}: ||G - G'||", fontsize=9)
-            if any(line.get_ydata().max() > 0 for line in axes[1 + k, col].get_lines()):
-                axes[1 + k, col].set_yscale("log")
+            report.log_scale(axes[1 + k, col], *(line.get_ydata() for line in axes[1 + k, col].get_lines()))
             axes[1 + len(layers) + k, col].set_title(f"LR {lr:g}, layer {layer}: cos(G, G')", fontsize=9)
             axes[1 + len(layers) + k, col].set_ylim(-1.05, 1.05)
     for ax in axes[-1]:
@@ -256,11 +259,11 @@ def fig_landscape(doc, path, variants, lr):
             continue
         report.range_band(axes[0, 0], ls["steps"], ls["loss_min"], ls["loss_max"], label(v), color(v))
         report.range_band(axes[0, 1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], label(v), color(v))
-        axes[0, 2].plot(ls["steps"], floats(ls["beta_eff"]), color=color(v), label=label(v))
+        axes[0, 2].plot(ls["steps"], report.drawable(ls["beta_eff"], log=True), color=color(v), label=label(v))
     axes[0, 0].set_title(f"loss variation along the gradient (LR {lr:g})")
     axes[0, 1].set_title("gradient predictiveness ||∇L(w-η'g) - g||")
     axes[0, 2].set_title("effective β-smoothness")
-    axes[0, 2].set_yscale("log")
+    report.log_scale(axes[0, 2], *(line.get_ydata() for line in axes[0, 2].get_lines()))
     for ax in axes[0]:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -277,9 +280,10 @@ def fig_gradpred_vs_eta(doc, path, lr):
         ls = run["landscape"]
         steps = ls["steps"]
         for s, diffs in zip(steps, ls["grad_diff"]):
-            ax.plot(ls["eta"], floats(diffs), "o-", ms=2, lw=0.8, color=cm.viridis(s / max(1, steps[-1])))
+            ax.plot(ls["eta"], report.drawable(diffs, log=True), "o-", ms=2, lw=0.8,
+                    color=cm.viridis(s / max(1, steps[-1])))
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        report.log_scale(ax, *(line.get_ydata() for line in ax.get_lines()))
         ax.set_xticks(ls["eta"], [f"{e:g}" for e in ls["eta"]])
         ax.minorticks_off()
         ax.set_xlabel("η'")
@@ -297,13 +301,13 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
         steps = run["moments"]["steps"]
         for col, layer in enumerate(layers):
             rec = moment_series(run, layer)
-            axes[0, col].plot(steps, floats(rec["mean_change"]), color=color(v), label=label(v))
-            axes[1, col].plot(steps, floats(rec["var_change"]), color=color(v), label=label(v))
+            axes[0, col].plot(steps, report.drawable(rec["mean_change"], log=True), color=color(v), label=label(v))
+            axes[1, col].plot(steps, report.drawable(rec["var_change"], log=True), color=color(v), label=label(v))
     for col, layer in enumerate(layers):
         axes[0, col].set_title(f"layer {layer}: mean over units of |Δμ|", fontsize=9)
         axes[1, col].set_title(f"layer {layer}: mean over units of |Δσ²|", fontsize=9)
         for row in range(2):
-            axes[row, col].set_yscale("log")
+            report.log_scale(axes[row, col], *(line.get_ydata() for line in axes[row, col].get_lines()))
             axes[row, col].set_xlabel("step")
     axes[0, 0].legend(fontsize=7)
     report.save(fig, path)
