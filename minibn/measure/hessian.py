@@ -135,31 +135,58 @@ def _power_iteration(op, iterations, tol, seed):
     return value, False
 
 
+# Krylov basis size on CuPy: SciPy's default for k = 1 (min(n, 20)), within CuPy's bound n - 1.
+LANCZOS_BASIS = 20
+
+
 def _lanczos(op, iterations, tol, seed, which):
     v0 = op.random_vector(seed)
+    xp = op.xp
     if op.size < 4:  # eigsh needs room for a Krylov space; build the tiny matrix instead
-        xp = op.xp
         dense = xp.stack([op.matvec(col) for col in xp.eye(op.size)], axis=1)
         values = xp.linalg.eigvalsh((dense + dense.T) / 2.0)
         pick = values[-1] if which == "LA" else values[int(xp.argmax(abs(values)))]
         return float(pick), True
-    if backend.name_of(op.xp) == "cupy":
+    options = {"k": 1, "which": which, "tol": tol, "return_eigenvectors": True}
+    if backend.name_of(xp) == "cupy":
+        import inspect
+
         from cupyx.scipy.sparse.linalg import LinearOperator, eigsh
         matvec = op.matvec
+        ncv = min(LANCZOS_BASIS, op.size - 1)
+        options.update(ncv=ncv, maxiter=iterations * ncv)  # CuPy counts Lanczos steps, SciPy restarts
+        if "v0" in inspect.signature(eigsh).parameters:
+            options["v0"] = v0
+        else:  # CuPy 12: the start vector comes from CuPy's global generator, seeded here instead
+            xp.random.seed(seed)
     else:
         from scipy.sparse.linalg import LinearOperator, eigsh
-        v0 = backend.to_host(v0)
+        options.update(v0=backend.to_host(v0), maxiter=iterations)
 
         def matvec(v):  # ARPACK works on host vectors
             return backend.to_host(op.matvec(v))
     operator = LinearOperator((op.size, op.size), matvec=matvec, dtype="float64")
     try:
-        values = eigsh(operator, k=1, which=which, v0=v0, maxiter=iterations, tol=tol, return_eigenvectors=False)
+        values, vectors = eigsh(operator, **options)
     except Exception as err:
         if type(err).__name__ != "ArpackNoConvergence":
             raise
-        return (float(err.eigenvalues[0]), False) if len(err.eigenvalues) else (float("nan"), False)
-    return float(values[0]), True
+        if not len(err.eigenvalues):
+            return float("nan"), False
+        values, vectors = err.eigenvalues, err.eigenvectors
+    value = float(values[0])
+    return value, _converged(op, value, backend.to_device(vectors[:, 0], xp), tol)
+
+
+def _converged(op, value, vector, tol):
+    """Whether the Ritz pair (value, vector) has a relative residual ||H v - value v|| <= tol |value|
+    (v of unit norm): judged by minibn on both backends, as CuPy's eigsh never reports
+    non-convergence and its own stopping test is absolute. Costs one more product."""
+    if not math.isfinite(value):
+        return False
+    vector = vector / op.xp.linalg.norm(vector)
+    residual = float(op.xp.linalg.norm(op.matvec(vector) - value * vector))
+    return residual <= tol * abs(value)
 
 
 def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, which="LM",
@@ -168,7 +195,11 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
 
     ``which="LM"``: largest magnitude, signed (what power iteration finds); Lanczos also
     takes ``"LA"`` (largest algebraic). ``iterations`` bounds power steps (one product each)
-    or Lanczos restarts. Returns ``{"eigenvalue", "method", "which", "block", "converged",
+    or Lanczos restarts of a basis of at most 20 vectors (SciPy's ``maxiter``; CuPy's, which
+    counts Lanczos steps, gets ``iterations * 20``): at most about 20 ``iterations`` products
+    on either backend. ``converged``: power iteration's relative change of the estimate is
+    within ``tol``; Lanczos's relative residual ||H v - lambda v|| / |lambda| of the returned
+    pair is within ``tol`` (one more product). Returns ``{"eigenvalue", "method", "which", "block", "converged",
     "hvps"}`` (``eigenvalue`` is ``None`` if non-finite).
     """
     if method not in METHODS:
