@@ -17,17 +17,27 @@ def add_options(parser, default_out, resume=True, jobs=True):
         parser.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are "
                             "kept, interrupted ones resume from their last checkpoint")
     if jobs:
-        parser.add_argument("--jobs", type=int, default=default_jobs(),
-                            help="runs trained at once in worker processes, one BLAS thread each [min(2, cores)]")
+        parser.add_argument("--jobs", type=int, default=None,
+                            help="runs trained at once in worker processes, one BLAS thread each "
+                                 "[numpy: min(2, cores); cupy: 1]")
 
 
-def default_jobs():
-    return min(2, os.cpu_count() or 1)
+def default_jobs(backend_name="numpy"):
+    """Runs trained at once: min(2, cores) on the CPU; one on a GPU, where every worker process
+    would hold its own CUDA context and memory pool on the one device while a VGG step
+    already keeps it busy (the DLN's tiny steps are launch-bound: several processes could
+    overlap them, unmeasured so far; ``python -m minibn.gpucheck`` reports its steps/s)."""
+    return 1 if backend_name == "cupy" else min(2, os.cpu_count() or 1)
 
 
-def check_jobs(jobs):
+def check_jobs(jobs, backend_name="numpy"):
+    """``jobs`` checked (ValueError naming --jobs), or the backend's default when it is None."""
+    if jobs is None:
+        return default_jobs(backend_name)
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    return int(jobs)
+
 
 
 def check_backend(name):
@@ -49,16 +59,38 @@ def check_writable_dir(path):
         raise ValueError(f"--out {path} is not a writable folder: {err}") from None
 
 
-def environment():
-    """Versions and machine, recorded in every study's config."""
+def environment(backend_name="numpy"):
+    """Versions and machine, recorded in every study's config; on CuPy also the GPU's record
+    (:func:`gpu_environment`)."""
     import numpy
     import scipy
 
     import minibn
 
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "minibn": minibn.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    env = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__,
+           "minibn": minibn.__version__, "platform": platform.platform(),
+           "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+    if backend_name == "cupy":
+        env["gpu"] = gpu_environment()
+    return env
+
+
+def _cuda_version(code):
+    """CUDA's integer version (12040) as text ("12.4")."""
+    return f"{code // 1000}.{code % 1000 // 10}"
+
+
+def gpu_environment():
+    """CuPy's version, the CUDA runtime and driver versions, and the current device's name and memory."""
+    cupy = backend.get("cupy")
+    runtime = cupy.cuda.runtime
+    device = cupy.cuda.Device().id
+    props = runtime.getDeviceProperties(device)
+    name = props["name"]
+    return {"cupy": cupy.__version__, "cuda_runtime": _cuda_version(runtime.runtimeGetVersion()),
+            "cuda_driver": _cuda_version(runtime.driverGetVersion()), "device": device,
+            "device_name": name.decode() if isinstance(name, bytes) else str(name),
+            "device_memory_gib": round(props["totalGlobalMem"] / 2**30, 2)}
 
 
 def record_config(out, cfg, resume, may_change=()):

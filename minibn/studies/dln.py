@@ -161,7 +161,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    common.check_jobs(args.jobs)
+    args.jobs = common.check_jobs(args.jobs, args.backend)
     common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
@@ -212,7 +212,7 @@ def run_validated(args, command):
     from minibn.studies import dln_report
 
     doc = {"study": "dln", "preset": args.preset,
-           "config": {**cfg, "environment": common.environment(), "command": command, "wall_s": total},
+           "config": {**cfg, "environment": common.environment(cfg["backend"]), "command": command, "wall_s": total},
            "runs": results}
     slim = dln_report.write_all(args.out, doc, figures=not args.no_report)
     print(f"done in {total:.1f} s: {os.path.join(args.out, 'results.json' if args.no_report else 'report.md')}")

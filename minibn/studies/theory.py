@@ -173,7 +173,7 @@ def run_validated(args, command, log=print):
 
     config = {"seed": args.seed, "backend": args.backend, "instances": args.instances, "steps": args.steps,
               "every": args.every, "units_per_layer": args.units, "networks": list(args.networks),
-              "command": command, "wall_s": time.time() - start, "environment": common.environment()}
+              "command": command, "wall_s": time.time() - start, "environment": common.environment(args.backend)}
     doc = {"study": "theory", "config": config, **tally.results(), "networks": trained}
     io.write_json(os.path.join(args.out, "results.json"), doc)
     theory_report.write_report(args.out, doc)

@@ -233,7 +233,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    common.check_jobs(args.jobs)
+    args.jobs = common.check_jobs(args.jobs, args.backend)
     common.check_backend(args.backend)
     try:
         args.data_dir = cifar10.locate(args.data_dir)
@@ -289,7 +289,7 @@ def run_validated(args, command):
     from minibn.studies import vgg_report
 
     doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
-           "config": {**cfg, "environment": common.environment(), "command": command,
+           "config": {**cfg, "environment": common.environment(cfg["backend"]), "command": command,
                       "wall_s": time.perf_counter() - started},
            "runs": results}
     slim = vgg_report.write_all(args.out, doc)
