@@ -9,7 +9,10 @@ It knows nothing of the instruments; studies attach them as callbacks. Step t
    w_t and the batch of step t, before the update;
 3. ``loss_t = L(w_t; x, target)`` and the gradients, in ``mode`` ("train");
    a NaN or infinite loss ends the run here with ``diverged_at = t`` (no update,
-   no exception);
+   no exception). On CuPy the loss stays on the device and is read on logging steps
+   only (t % log_every == 0, and the last), so divergence is caught at the first logging
+   step whose loss is bad (the parameters went on updating since); with ``log_every=1``
+   that is t itself, as on NumPy;
 4. ``optimizer.step()``: w_{t+1}. After it, s = t + 1 updates are done, and
    ``evaluate(model, s)`` runs when s is a multiple of ``eval_every`` (also at s = 0,
    before training) and once at the end; a checkpoint is written when s is a multiple
@@ -70,7 +73,8 @@ class MiniBatches:
     Epoch e visits the rows in the order ``rng([seed, e]).permutation(n)`` and yields
     ``n // batch_size`` full batches (the remainder is dropped: every batch has the same
     size, as BatchNorm's statistics expect). Batches come out on the array module of ``x``
-    (move ``x`` and ``target`` to the device first). The state is ``{seed, epoch,
+    (move ``x`` and ``target`` to the device first; the epoch's order then goes there once,
+    at its first batch). The state is ``{seed, epoch,
     position}`` (position: batches already taken from epoch ``epoch``): each epoch's order
     follows from it, so a stream resumed from its state yields exactly the batches the
     uninterrupted one would have.
@@ -91,10 +95,11 @@ class MiniBatches:
     def next(self):
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position, self.order = self.epoch + 1, 0, None
-        if self.order is None:
-            self.order = backend.rng([self.seed, self.epoch]).permutation(len(self.x))
+        if self.order is None:  # one host-to-device copy of the order per epoch, none per batch
+            order = backend.rng([self.seed, self.epoch]).permutation(len(self.x))
+            self.order = backend.to_device(order, backend.array_module(self.x))
         start = self.position * self.batch_size
-        rows = backend.to_device(self.order[start:start + self.batch_size], backend.array_module(self.x))
+        rows = self.order[start:start + self.batch_size]
         self.position += 1
         return self.x[rows], self.target[rows]
 
@@ -243,7 +248,10 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
                     if t % cb.every == 0 or last:
                         cb(t, model, x, target, optimizer)
                 loss = model.value_and_grad(loss_fn, x, target, mode=mode)
-                finite = math.isfinite(loss)
+                # A loss on the GPU is read (a transfer that waits for the step) on logging steps only.
+                read = t % log_every == 0 or last or backend.array_module(loss) is backend.host
+                loss = float(loss) if read else None
+                finite = loss is None or math.isfinite(loss)
                 if t % log_every == 0 or last or not finite:
                     results["steps"].append(t)
                     results["loss"].append(io.json_float(loss))
