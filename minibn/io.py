@@ -1,7 +1,9 @@
 """Atomic result files: write to a temporary file beside the target, then rename.
 
 A reader (or a resumed study) therefore sees either the old file or the new one,
-never half of one.
+never half of one. A file damaged anyway (a disk error, a hand edit, a copy cut short)
+is reported by the readers as :class:`DamagedFile`, naming it; a failed write (a full
+disk, a folder that cannot be written) raises an OSError that names the target.
 """
 
 import json
@@ -16,8 +18,22 @@ def _umask():
     return mask
 
 
+class DamagedFile(ValueError):
+    """A result, config or checkpoint file that cannot be read back; the message names it."""
+
+
 def _atomic(path, write, mode):
     path = os.fspath(path)
+    try:
+        _write_atomic(path, write, mode)
+    except OSError as err:
+        # "No space left on device" alone names no file: say which one could not be written
+        if err.filename is None:
+            raise OSError(err.errno, f"{err.strerror or err} (writing {path})", path) from err
+        raise
+
+
+def _write_atomic(path, write, mode):
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
@@ -62,8 +78,13 @@ def write_json(path, obj):
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """The JSON document in ``path``; :class:`DamagedFile` (naming it) when it is not valid JSON."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFile(f"{path} is damaged (not valid JSON: {err})") from None
 
 
 def write_npz(path, **arrays):

@@ -8,11 +8,11 @@ It knows nothing of the instruments; studies attach them as callbacks. Step t
    t = steps-1) is called as ``callback(t, model, x, target, optimizer)``: it sees
    w_t and the batch of step t, before the update;
 3. ``loss_t = L(w_t; x, target)`` and the gradients, in ``mode`` ("train");
-   a NaN or infinite loss ends the run here with ``diverged_at = t`` (no update,
-   no exception). On CuPy the loss stays on the device and is read on logging steps
-   only (t % log_every == 0, and the last), so divergence is caught at the first logging
-   step whose loss is bad (the parameters went on updating since); with ``log_every=1``
-   that is t itself, as on NumPy;
+   a NaN or infinite loss (or one above ``diverge_above``, where given) ends the run
+   here with ``diverged_at = t`` (no update, no exception). On CuPy the loss stays on
+   the device and is read on logging steps only (t % log_every == 0, and the last), so
+   divergence is caught at the first logging step whose loss is bad (the parameters went
+   on updating since); with ``log_every=1`` that is t itself, as on NumPy;
 4. ``optimizer.step()``: w_{t+1}. After it, s = t + 1 updates are done, and
    ``evaluate(model, s)`` runs when s is a multiple of ``eval_every`` (also at s = 0,
    before training) and once at the end; a checkpoint is written when s is a multiple
@@ -49,6 +49,8 @@ import time
 from minibn import backend, io
 
 FORMAT = "minibn-checkpoint-1"
+CHECKPOINT_KEYS = {"format", "step", "num_params", "params", "model", "optimizer", "stream", "callbacks", "results",
+                   "wall_s"}
 
 
 class FullBatch:
@@ -151,11 +153,21 @@ def save_checkpoint(path, payload):
 
 
 def load_checkpoint(path):
-    """The payload written by :func:`save_checkpoint` (arrays come back as host arrays)."""
-    with backend.host.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
-    return _unpack(meta, arrays)
+    """The payload written by :func:`save_checkpoint` (arrays come back as host arrays);
+    :class:`minibn.io.DamagedFile` naming ``path`` when it cannot be read back."""
+    import zipfile
+    import zlib
+
+    try:
+        with backend.host.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
+        return _unpack(meta, arrays)
+    # what a cut-short or overwritten file raises: NumPy's pickle refusal is a ValueError
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, AttributeError) as err:
+        # NumPy takes bytes that are no archive for a pickle, and its message suggests loading it unsafely
+        why = "not an .npz archive" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+        raise io.DamagedFile(f"checkpoint {path} is damaged ({why})") from None
 
 
 # --- the loop --------------------------------------------------------------------
@@ -177,7 +189,8 @@ def _check_positive(arg, value, allow_none=True):
 
 
 def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=None, eval_every=None,
-          log_every=1, checkpoint=None, checkpoint_every=None, resume=False, progress=None, mode="train"):
+          log_every=1, checkpoint=None, checkpoint_every=None, resume=False, progress=None, mode="train",
+          diverge_above=None):
     """Train ``model`` for ``steps`` updates; see the module docstring. Returns the results dict.
 
     ``loss_fn(out, target) -> (loss, dout)``; ``progress``: None (a bar when stderr is a
@@ -204,6 +217,9 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
     start, wall_before, done = 0, 0.0, False
     if resume and os.path.exists(checkpoint):
         saved = load_checkpoint(checkpoint)
+        missing = CHECKPOINT_KEYS - set(saved) if isinstance(saved, dict) else CHECKPOINT_KEYS
+        if missing:
+            raise io.DamagedFile(f"checkpoint {checkpoint} is damaged (it lacks {sorted(missing)})")
         if saved.get("format") != FORMAT or saved["num_params"] != model.num_params:
             raise ValueError(f"train: checkpoint {checkpoint} does not match this model "
                              f"({saved.get('num_params')} parameters saved, {model.num_params} here)")
@@ -251,11 +267,11 @@ def train(model, loss_fn, stream, optimizer, steps, *, callbacks=(), evaluate=No
                 # A loss on the GPU is read (a transfer that waits for the step) on logging steps only.
                 read = t % log_every == 0 or last or backend.array_module(loss) is backend.host
                 loss = float(loss) if read else None
-                finite = loss is None or math.isfinite(loss)
-                if t % log_every == 0 or last or not finite:
+                healthy = loss is None or (math.isfinite(loss) and (diverge_above is None or loss <= diverge_above))
+                if t % log_every == 0 or last or not healthy:
                     results["steps"].append(t)
                     results["loss"].append(io.json_float(loss))
-                if not finite:
+                if not healthy:
                     results["diverged_at"] = t
                     break
                 optimizer.step()

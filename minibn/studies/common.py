@@ -5,6 +5,7 @@ import argparse
 import os
 import platform
 import sys
+import traceback
 
 from minibn import backend, io
 
@@ -38,6 +39,17 @@ def check_jobs(jobs, backend_name="numpy"):
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     return int(jobs)
 
+
+def check_seed(seed):
+    """Raise ValueError naming --seed unless it is an integer >= 0 (what NumPy's generators take)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+
+
+def unique(values):
+    """``values`` without repeats, in order (the same variant or LR twice would train one run twice
+    into one folder)."""
+    return None if values is None else list(dict.fromkeys(values))
 
 
 def check_backend(name):
@@ -98,7 +110,7 @@ def record_config(out, cfg, resume, may_change=()):
     differ from those of the study already in ``out``, except the keys in ``may_change``."""
     path = os.path.join(out, "config.json")
     if resume and os.path.exists(path):
-        old, new = io.read_json(path), io.jsonable(cfg)
+        old, new = read_config(path), io.jsonable(cfg)
         changed = sorted(k for k in set(old) | set(new) if k not in may_change and old.get(k) != new.get(k))
         if changed:
             sys.exit(f"error: --resume with settings that differ from the study in {out} ({', '.join(changed)}); "
@@ -106,19 +118,41 @@ def record_config(out, cfg, resume, may_change=()):
     io.write_json(path, cfg)
 
 
+class Failure:
+    """What a run that raised returns in place of its result: the one-line error, and the
+    traceback for the log file (never the terminal)."""
+
+    def __init__(self, err):
+        self.error = f"{type(err).__name__}: {err}" if not isinstance(err, (OSError, ValueError)) else str(err)
+        self.damaged = isinstance(err, io.DamagedFile)
+        self.traceback = traceback.format_exc()
+
+
+class StudyFailed(RuntimeError):
+    """Some runs failed; the message says which, why, where the tracebacks are and how to continue."""
+
+
+def _guarded(fn, item):
+    try:
+        return fn(item)
+    except Exception as err:  # a run's failure is reported with the others', not raised mid-study
+        return Failure(err)
+
+
 def _indexed_call(task):
     fn, index, item = task
-    return index, fn(item)
+    return index, _guarded(fn, item)
 
 
 def in_workers(fn, items, workers):
     """Yield ``(item, fn(item))`` as each finishes, in ``workers`` spawned processes with one BLAS
     thread each (two BLAS threads per process on a busy 2-core machine run several times slower
-    than one), or in this process, in order, when ``workers`` is 1. Ctrl-C or a failed item
-    terminates the other workers at once; whatever they checkpointed stays."""
+    than one), or in this process, in order, when ``workers`` is 1. An item that raises yields a
+    :class:`Failure` and the others carry on; Ctrl-C terminates the workers at once, whatever
+    they checkpointed stays."""
     if workers == 1 or len(items) <= 1:
         for item in items:
-            yield item, fn(item)
+            yield item, _guarded(fn, item)
         return
     import multiprocessing
 
@@ -140,6 +174,68 @@ def in_workers(fn, items, workers):
     pool.join()
 
 
+def resume_command(command):
+    """What continues a study started by ``command``: the command line plus --resume (a Python
+    call: the same call with resume=True)."""
+    if not command.startswith("python -m "):
+        return "the same call with resume=True"
+    return command if " --resume" in f"{command} " else f"{command} --resume"
+
+
+def failures_of(results):
+    """``{name: Failure}`` of the runs in ``results`` (``{name: result}``) that failed."""
+    return {name: r for name, r in results.items() if isinstance(r, Failure)}
+
+
+def main_guard(run, out, command):
+    """Call ``run()`` as a study's command line does: its exit status, with failures reported in
+    a few lines (tracebacks in the folder's errors.log) instead of a traceback, Ctrl-C included."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs and checkpoints are kept in {out}; continue with: "
+              f"{resume_command(command)}", file=sys.stderr)
+        return 130
+    except StudyFailed as err:
+        print(err, file=sys.stderr)
+        return 1
+    except (OSError, io.DamagedFile) as err:  # writing the results, figures or report in this process
+        print(f"error: {err}\nfinished runs and checkpoints are kept; fix the cause and continue with: "
+              f"{resume_command(command)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def raise_failures(out, failures, resume):
+    """When some runs failed (``{run name: Failure}``), write their tracebacks to ``out/errors.log``
+    and raise :class:`StudyFailed`: one line per run (its error, and for a damaged file which
+    folder to delete so the run retrains), then how to continue (``resume``, a command)."""
+    if not failures:
+        return
+    log = os.path.join(out, "errors.log")
+    text = "".join(f"=== run {name}\n{f.traceback}\n" for name, f in failures.items())
+    try:
+        io.write_text(log, text)
+        where = f"tracebacks in {log}"
+    except OSError as err:  # the folder that failed may refuse the log too
+        where = f"tracebacks could not be written to {log}: {err}"
+    lines = [f"error: {len(failures)} run(s) failed ({where}):"]
+    for name, f in failures.items():
+        folder = os.path.join(out, "runs", name)
+        advice = f"; delete {folder} to retrain this run, or start a new --out" if f.damaged else ""
+        lines.append(f"  {name}: {f.error}{advice}")
+    lines.append(f"finished runs and checkpoints are kept; fix the cause and continue with: {resume}")
+    raise StudyFailed("\n".join(lines))
+
+
+def read_config(path):
+    """``out/config.json`` for --resume; exits with an error naming it when it is damaged."""
+    try:
+        return io.read_json(path)
+    except io.DamagedFile as err:
+        sys.exit(f"error: --resume: {err}; start a new --out (or delete the folder to start over)")
+
+
 def report_folder(prog, argv=None):
     """The results folder named on a report's command line (``python -m PROG DIR``), checked."""
     p = argparse.ArgumentParser(prog=f"python -m {prog}",
@@ -153,13 +249,30 @@ def report_folder(prog, argv=None):
 
 
 def read_results(folder):
-    """``(doc, arrays)``: ``folder/results.json`` and the arrays of ``folder/results.npz`` ({} without one)."""
+    """``(doc, arrays)``: ``folder/results.json`` and the arrays of ``folder/results.npz`` ({} without one);
+    :class:`minibn.io.DamagedFile` naming the file that cannot be read."""
     doc = io.read_json(os.path.join(folder, "results.json"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise io.DamagedFile(f"{os.path.join(folder, 'results.json')} is damaged (no 'config' record)")
     npz = os.path.join(folder, "results.npz")
     if not os.path.exists(npz):
         return doc, {}
-    with backend.host.load(npz) as stored:
-        return doc, {key: stored[key] for key in stored.files}
+    try:
+        with backend.host.load(npz, allow_pickle=False) as stored:
+            return doc, {key: stored[key] for key in stored.files}
+    except Exception as err:  # zip, zlib, pickle-refusal errors of a cut-short or overwritten file
+        raise io.DamagedFile(f"{npz} is damaged ({type(err).__name__}: {err})") from None
+
+
+def report_input(prog, argv=None):
+    """``(folder, doc, arrays)`` of a report's command line (:func:`report_folder`, :func:`read_results`);
+    exits with a one-line error naming a damaged file."""
+    folder = report_folder(prog, argv)
+    try:
+        return (folder, *read_results(folder))
+    except io.DamagedFile as err:
+        sys.exit(f"error: {err}; run the study's command again with --resume to rewrite it from the runs "
+                 f"it kept, or give another folder")
 
 
 def write_report(folder, text):

@@ -221,6 +221,8 @@ def validate(args):
     unknown = [n for n in args.networks if n not in NETWORKS]
     if unknown:
         raise ValueError(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
+    args.networks = common.unique(args.networks)
+    common.check_seed(args.seed)
     common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", "theory")
     common.check_writable_dir(args.out)

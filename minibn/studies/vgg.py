@@ -51,6 +51,10 @@ EXPERIMENTS = {
     "E5": [("standard", "lr"), ("batchnorm", "lr"), ("l1", "lr"), ("l2", "lr"), ("linf", "lr")],
 }
 ETA_MULTIPLIERS = [0.5, 1.0, 2.0, 4.0]
+#: A training-batch loss above this marks the run diverged (docs/vgg.md): cross-entropy starts at
+#: ln 10 = 2.3 for ten classes, and a loss of 1000 means logits a thousand apart on the wrong
+#: class, from which plain SGD does not come back (such runs reach 1e18 and more, still finite).
+DIVERGED_LOSS = 1e3
 
 PRESETS = {
     # docs/protocol.md §1 exactly: VGG-16, 15,000 steps of batch 128; meant for a GPU.
@@ -172,7 +176,8 @@ def run_one(job):
         callbacks.append(landscape.LandscapeRecorder(loss_fn, [m * lr for m in ETA_MULTIPLIERS], every=every))
     out = train.train(model, loss_fn, stream, SGD(model, lr), cfg["steps"], callbacks=callbacks, evaluate=evaluate,
                       eval_every=cfg["eval_every"], log_every=1, checkpoint=os.path.join(folder, "checkpoint"),
-                      checkpoint_every=cfg["checkpoint_every"], resume=job["resume"], progress=name)
+                      checkpoint_every=cfg["checkpoint_every"], resume=job["resume"], progress=name,
+                      diverge_above=DIVERGED_LOSS)
     record = out["callbacks"]
     result = {
         "variant": spec["variant"], "lr": lr, "seed": seed, "experiments": spec["experiments"],
@@ -233,6 +238,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    common.check_seed(args.seed)
     args.jobs = common.check_jobs(args.jobs, args.backend)
     common.check_backend(args.backend)
     try:
@@ -242,7 +248,7 @@ def validate(args):
     if args.only is not None:
         planned = plan(build_config(args), args.experiments)
         only = args.only.split(",") if isinstance(args.only, str) else args.only
-        args.only = [r.strip() for r in only if r.strip()]
+        args.only = common.unique(r.strip() for r in only if r.strip())
         unknown = [r for r in args.only if r not in planned]
         if not args.only or unknown:
             raise ValueError(f"--only: {unknown or 'no run'} not in the plan of these experiments: {', '.join(planned)}")
@@ -286,6 +292,7 @@ def run_validated(args, command):
           f"{cfg['steps']} steps on {args.backend}, {args.jobs} at a time -> {args.out}", flush=True)
     started = time.perf_counter()
     results = run_all(jobs, args.jobs)
+    common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
     from minibn.studies import vgg_report
 
     doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
@@ -300,13 +307,8 @@ def run_validated(args, command):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    try:
-        run_validated(args, "python -m minibn.studies.vgg " + " ".join(argv))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
-              f"command plus --resume", file=sys.stderr)
-        return 130
-    return 0
+    command = "python -m minibn.studies.vgg " + " ".join(argv)
+    return common.main_guard(lambda: run_validated(args, command), args.out, command)
 
 
 def run_all(jobs, workers):
@@ -318,7 +320,8 @@ def run_all(jobs, workers):
     for job, result in common.in_workers(run_one, order, workers):
         results[job["name"]] = result
         if workers > 1:
-            print(f"finished {job['name']} ({len(results)}/{len(order)})", flush=True)
+            print(f"{'failed' if isinstance(result, common.Failure) else 'finished'} {job['name']} "
+                  f"({len(results)}/{len(order)})", flush=True)
     return {job["name"]: results[job["name"]] for job in jobs}
 
 
