@@ -27,7 +27,9 @@ class SGD:
     def __init__(self, layers, lr, momentum=0.0, weight_decay=0.0):
         self.layers = list(getattr(layers, "layers", layers))
         for arg, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            # NumPy's real scalars (np.float32(0.1)) are numbers too; bools and complex are not
+            real = isinstance(v, (int, float, backend.host.integer, backend.host.floating)) and not isinstance(v, bool)
+            if not real or not math.isfinite(v) or v < 0:
                 raise ValueError(f"SGD: {arg} must be a finite number >= 0, got {v!r}")
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.velocity = {}

@@ -17,6 +17,7 @@ forward cache) is saved by ``model.snapshot()`` and written back by its ``restor
 """
 
 import copy
+import functools
 
 from minibn import backend
 
@@ -88,6 +89,48 @@ class Layer:
         self._cache = None
         self._out_shape = None
         self._out_dtype = None
+        self._declared = {}
+
+    def __init_subclass__(cls, **kwargs):
+        # Every layer's constructor ends by declaring its parameters (names, shapes, dtypes), so
+        # that a parameter a user assigns later is checked against them on the next forward.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def init_then_declare(self, *args, **kw):
+            init(self, *args, **kw)
+            self._declare_params()
+
+        cls.__init__ = init_then_declare
+
+    def _declare_params(self):
+        self._declared = {k: (tuple(v.shape), v.dtype) for k, v in self.params.items()}
+
+    def _check_params(self):
+        """LayerError naming the layer and the parameter unless every parameter is an array of the
+        declared shape and dtype (a wrong shape would broadcast silently, in forward and in SGD)."""
+        params = self.params
+        if len(params) == len(self._declared) and all(
+                getattr(params.get(k), "shape", None) == shape and getattr(params.get(k), "dtype", None) == dtype
+                for k, (shape, dtype) in self._declared.items()):
+            return
+        name = self.describe()
+        if not isinstance(params, dict) or set(params) != set(self._declared):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise LayerError(f"{name}: params must hold exactly {sorted(self._declared)}, got {got}")
+        for key, (shape, dtype) in self._declared.items():
+            value = params[key]
+            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+                raise LayerError(f"{name}: parameter {key!r} must be an array of shape {shape} and dtype {dtype}, "
+                                 f"got {type(value).__name__} {value!r}")
+            if tuple(value.shape) != shape:
+                raise LayerError(f"{name}: parameter {key!r} has shape {tuple(value.shape)}, the layer declares {shape}")
+            if value.dtype != dtype:
+                raise LayerError(f"{name}: parameter {key!r} has dtype {value.dtype}, the layer's parameters are "
+                                 f"{dtype} (convert the model with astype)")
 
     def describe(self):
         return type(self).__name__
@@ -103,6 +146,7 @@ class Layer:
 
     def forward(self, x, mode="train"):
         check_mode(self, mode)
+        self._check_params()
         y, self._cache = self._forward(x, mode)
         self._out_shape, self._out_dtype = y.shape, y.dtype
         return y
@@ -177,6 +221,7 @@ class Layer:
             setattr(self, k, getattr(self, k).astype(dtype))
         self.grads = {}
         self._cache = None
+        self._declare_params()
         return self
 
 
@@ -325,8 +370,13 @@ class Sequential(Layer):
     def set_flat_params(self, vector):
         """Write a 1-D vector into the parameters, in place (the arrays keep their identity)."""
         expected = self.num_params
+        if not hasattr(vector, "ndim") or not hasattr(vector, "dtype"):
+            raise LayerError(f"{self.describe()}: set_flat_params needs an array (NumPy or CuPy, on the model's "
+                             f"backend), got {type(vector).__name__}")
         if vector.ndim != 1 or vector.size != expected:
             raise LayerError(f"{self.describe()}: set_flat_params needs a 1-D vector of {expected} values, got shape {tuple(vector.shape)}")
+        if vector.dtype.kind not in "fiu":  # a complex vector would lose its imaginary part in the copy
+            raise LayerError(f"{self.describe()}: set_flat_params needs a real vector, got dtype {vector.dtype}")
         start = 0
         for _, _, v in self.parameters():
             v[...] = vector[start:start + v.size].reshape(v.shape)
@@ -344,6 +394,9 @@ class Sequential(Layer):
 
     def load_state(self, state):
         for i, s in state.items():
+            if not str(i).isdigit() or int(i) >= len(self.layers):
+                raise LayerError(f"{self.describe()}: load_state got state for layer {i!r}, but the layers are "
+                                 f"0..{len(self.layers) - 1}")
             self.layers[int(i)].load_state(s)
 
     def to(self, backend_name):
