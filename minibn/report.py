@@ -45,6 +45,7 @@ def drawable(values, log=False):
     line stops there), magnitudes are clipped to :data:`DRAW_LIMIT` (and, for a ``log`` axis,
     values <= 0 become NaN and tiny ones are raised to 1 / DRAW_LIMIT)."""
     a = floats(values)
+    a[~np.isfinite(a)] = math.nan
     with np.errstate(invalid="ignore"):
         a = np.clip(a, -DRAW_LIMIT, DRAW_LIMIT)
         if log:
