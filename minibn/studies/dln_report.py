@@ -2,18 +2,11 @@
 
     python -m minibn.studies.dln_report DIR      # rebuild DIR's figures and report from DIR/results.json
 
-The report puts each claim of docs/protocol.md §4 that the DLN tests beside what the runs
-measured. The comparison rules are fixed here, before any result is seen:
-
-* ICS (E3): per seed, the median over measurement points after step 0 of each block's
-  ||G - G'|| and cos(G, G'), averaged over blocks. "BN reduces ICS" on a seed when its
-  mean cosine is higher than the standard network's (and, separately, its l2 lower).
-* Landscape (E4, E5): per seed, the median over the *early* window (the first 20% of
-  measurement points after step 0) and over all points after step 0 of: the loss
-  variation log10(max/min of L(w - eta' g) over the grid), the gradient
-  predictiveness max ||grad L(w - eta' g) - g||, and beta_eff. "Smoother" = smaller.
-* Noisy BN (E2 on the DLN): "trains as well as BN" when its final loss is within a
-  factor 2 of BN's.
+The report opens with the verdict on each claim of docs/protocol.md §4a that the DLN tests,
+judged by the rules of :mod:`minibn.claims` (written there, with their thresholds and
+windows, before any result was seen) and written to DIR/claims.json; it then measures the
+loss scale (the residual of the best rank-k fit of the target for every k, and the plateau
+each run ends on).
 """
 
 import math
@@ -21,7 +14,7 @@ import os
 import sys
 import warnings
 
-from minibn import backend, io, report
+from minibn import backend, claims, io, report
 from minibn.nn import normalization
 from minibn.studies import common
 
@@ -78,79 +71,48 @@ def landscape_summary(run, window="early"):
             "nonfinite": int(sum(ls.get("nonfinite", []) or [0]))}
 
 
-# --- claims ----------------------------------------------------------------------------
-def _seed_pairs(groups, a, b, lr):
-    ra = {r["seed"]: r for r in groups.get((a, lr), [])}
-    rb = {r["seed"]: r for r in groups.get((b, lr), [])}
-    return [(ra[s], rb[s]) for s in sorted(set(ra) & set(rb))]
-
-
-def _mean_over_blocks(summary, key):
-    vals = [v[key] for v in summary.values() if math.isfinite(v[key])]
-    return float(np.mean(vals)) if vals else math.nan
-
-
-def claims(doc):
-    """``(lines, summary)``: markdown for each claim (the rule and what the runs measured), and
-    summary rows ``[claim, LR, "k of K seeds"]``."""
-    groups = runs_by(doc)
-    lines, summary = [], []
-    for lr in lrs_of(doc):
-        pairs = _seed_pairs(groups, "standard", "batchnorm", lr)
-        if not pairs:
-            continue
-        cos_higher = l2_lower = 0
-        rows = []
-        for std, bn in pairs:
-            s, b = ics_summary(std), ics_summary(bn)
-            sc, bc = _mean_over_blocks(s, "cos"), _mean_over_blocks(b, "cos")
-            sl, bl = _mean_over_blocks(s, "l2"), _mean_over_blocks(b, "l2")
-            cos_higher += bc > sc
-            l2_lower += bl < sl
-            rows.append([std["seed"], report.fmt(sc), report.fmt(bc), report.fmt(sl), report.fmt(bl)])
-        k = len(pairs)
-        lines += [f"### ICS at LR {lr:g} (E3): \"BN does not reduce internal covariate shift\"", "",
-                  f"BN's mean cosine (over blocks, median over time) was *higher* (less shift) than the standard "
-                  f"network's on {cos_higher} of {k} seeds; BN's mean ||G - G'|| was *lower* on {l2_lower} of {k} seeds. "
-                  f"The claim holds on a seed when BN's cosine is not higher: {k - cos_higher} of {k}.", "",
-                  report.table(["seed", "cos standard", "cos BN", "l2 standard", "l2 BN"], rows), ""]
-        summary.append(["E3: BN does not reduce ICS (BN's cos(G, G') not higher)", f"{lr:g}", f"{k - cos_higher} of {k}"])
-    for lr in lrs_of(doc):
-        for variant in ("batchnorm", "l1", "l2", "linf"):
-            pairs = _seed_pairs(groups, "standard", variant, lr)
-            if not pairs:
+# --- claims: minibn.claims judges them; the loss scale's measured explanation -----------------
+def loss_scale_lines(doc):
+    """Markdown: the residual of the best rank-k linear fit of each seed's target for every k
+    (:func:`minibn.claims.rank_residuals`), the plateau each run ends on, and the paper's values."""
+    cfg, seeds = doc["config"], claims.seeds_of(doc)
+    residuals = {seed: claims.rank_residuals(cfg, seed) for seed in seeds}
+    ranks = range(len(next(iter(residuals.values()))))
+    lines = ["## The loss scale, measured", "",
+             "The summed loss of a linear network can go no lower than the best linear fit of the target, and a "
+             "network that has learned only k of the target's modes no lower than the best rank-k fit. For each "
+             "seed's data (regenerated from the seed as the study draws it), r_k is the residual of the best "
+             "rank-k fit of Y = X A^T: the sum of the squared singular values of Y beyond the k-th.", "",
+             report.table(["seed"] + [f"r_{k}" for k in ranks], [[s] + [report.fmt(r) for r in residuals[s]]
+                                                                 for s in seeds]), "",
+             "Each run's final loss, the rank k whose residual is nearest it (log scale) and their ratio; the "
+             "paper's value where it plots one (fig. 3, 5b):", ""]
+    rows = []
+    for (variant, lr), runs in runs_by(doc).items():
+        plateaus_of = []
+        for run in runs:
+            if run["diverged_at"] is not None:
+                plateaus_of.append(f"seed {run['seed']}: diverged")
                 continue
-            lines += [f"### Landscape at LR {lr:g} (E4/E5): does `{variant}` make the loss and gradient more "
-                      f"Lipschitz than `standard`?", ""]
-            rows = []
-            for window in ("early", "all"):
-                counts = {"loss_variation": 0, "gradpred": 0, "beta_eff": 0}
-                for std, other in pairs:
-                    s, o = landscape_summary(std, window), landscape_summary(other, window)
-                    for key in counts:
-                        counts[key] += o[key] < s[key]
-                    rows.append([window, std["seed"]] + [f"{report.fmt(s[k])} / {report.fmt(o[k])}" for k in counts])
-                k = len(pairs)
-                lines.append(f"- {window} window: `{variant}` smaller loss variation on {counts['loss_variation']} of "
-                             f"{k} seeds, smaller gradient predictiveness on {counts['gradpred']} of {k}, smaller "
-                             f"beta_eff on {counts['beta_eff']} of {k}.")
-                summary.append([f"{'E4' if variant == 'batchnorm' else 'E5'}: `{variant}` smoother than `standard`, "
-                                f"{window} window (loss variation / gradient predictiveness / beta_eff smaller)",
-                                f"{lr:g}", " / ".join(f"{counts[c]} of {k}" for c in counts)])
-            lines += ["", report.table(["window", "seed", "loss variation (log10 max/min), standard / "
-                                        f"{variant}", "max grad diff, standard / " + variant,
-                                        "beta_eff, standard / " + variant], rows), ""]
-    for lr in lrs_of(doc):
-        pairs = _seed_pairs(groups, "batchnorm", "noisy", lr)
-        if not pairs:
-            continue
-        ok = sum(_final_loss(n) <= 2 * _final_loss(b) for b, n in pairs)
-        rows = [[b["seed"], report.fmt(_final_loss(b)), report.fmt(_final_loss(n))] for b, n in pairs]
-        lines += [f"### Noisy BN at LR {lr:g}: \"noisy BN trains as well as BN\"", "",
-                  f"Noisy BN's final loss was within a factor 2 of BN's on {ok} of {len(pairs)} seeds.", "",
-                  report.table(["seed", "final loss BN", "final loss noisy BN"], rows), ""]
-        summary.append(["E2: noisy BN trains as well as BN (final loss within 2x)", f"{lr:g}", f"{ok} of {len(pairs)}"])
-    return lines, summary
+            k, to_rk = claims.plateau(_final_loss(run), residuals[run["seed"]])
+            plateaus_of.append(f"seed {run['seed']}: k = {k} ({report.fmt(to_rk, 4)})")
+        finals = [_final_loss(r) for r in runs if r["diverged_at"] is None]
+        starts = [report.floats(r["loss"])[0] for r in runs]
+        paper = claims.DLN_PAPER_FINAL.get((variant, lr))
+        rows.append([variant, f"{lr:g}", _median_range(starts), f"{claims.DLN_PAPER_INITIAL[0]:g}-"
+                     f"{claims.DLN_PAPER_INITIAL[1]:g}", _median_range(finals), report.fmt(paper),
+                     "; ".join(plateaus_of)])
+    lines += [report.table(["variant", "LR", "initial loss (median, range)", "paper initial",
+                             "final loss (median, range)", "paper final", "plateau: rank k (final / r_k)"], rows), ""]
+    return lines
+
+
+def _median_range(values):
+    a = report.floats(values)
+    a = a[np.isfinite(a)]
+    if not a.size:
+        return "-"
+    return report.fmt(np.median(a)) + ("" if a.min() == a.max() else f" ({report.fmt(a.min())} to {report.fmt(a.max())})")
 
 
 def plateaus(doc, rel=0.01):
@@ -321,11 +283,13 @@ def write_figures_and_report(out, doc, arrays):
         if arrays:
             fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
             fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
-    common.write_report(out, report_markdown(doc))
+    records = claims.dln_claims(doc)
+    claims.write(out, records)
+    common.write_report(out, report_markdown(doc, records))
 
 
-def report_markdown(doc):
-    claim_lines, summary = claims(doc)
+def report_markdown(doc, records=None):
+    records = claims.dln_claims(doc) if records is None else records
     same = plateaus(doc)
     plateau_lines = []
     if same:
@@ -350,6 +314,10 @@ def report_markdown(doc):
         eos.append([variant, f"{lr:g}", report.fmt(report.finite_median(fracs), 2)])
     lines = [
         f"# DLN study ({doc['preset']} preset)", "",
+        "## The paper's claims: verdicts", "",
+        "Each claim of docs/protocol.md §4a judged per seed by a rule of `minibn/claims.py` (fixed before the "
+        "runs were seen; each rule is stated under \"Claims beside measurements\"); also in `claims.json`.", "",
+        claims.summary_table(records), "",
         "The paper's deep linear network experiments (docs/protocol.md §1; E3, E4, E5 of §4): "
         f"{cfg['depth']} linear layers of width {cfg['width']}, {cfg['samples']} samples, summed squared error, "
         f"full-batch gradient descent for {cfg['steps']} steps, normalization after the first {cfg['norm_layers']} "
@@ -365,12 +333,10 @@ def report_markdown(doc):
         "products); lambda_max * LR / 2 near 1 means gradient descent sits at the edge of stability.", "",
         report.table(["run", "variant", "LR", "seed", "final loss", "diverged at", "lambda_max", "lambda_max*LR/2",
                       "wall s", "CPU s"], rows), "",
-        "## Summary: on how many seeds each claim holds", "",
-        "Rules in the module docstring of `minibn/studies/dln_report.py`, fixed before any run; details below.", "",
-        report.table(["claim", "LR", "holds on"], summary), "",
+        *loss_scale_lines(doc),
         *plateau_lines,
         "## Claims beside measurements", "",
-        *claim_lines,
+        *claims.rules_text(records), "",
         "### Edge of stability and deep-layer ICS", "",
         "Fraction of measurement points (after step 0) at which cos(G, G') < 0, median over the deepest 40% of "
         "blocks and over seeds:", "",

@@ -9,7 +9,7 @@ counterexamples and the trained networks' record); nothing here measures.
 import os
 import sys
 
-from minibn import report
+from minibn import claims, report
 from minibn.measure import theorychecks
 from minibn.studies import common
 
@@ -47,6 +47,11 @@ def render_report(doc):
         rows.append([f"`{name}`", c["statement"], "**yes**" if c["holds"] else "**no**", counts, f(c["max_rel_err"]),
                      f(c["tolerance"]), MEASURED[name][0]])
     lines = ["# Section 4 of the paper, checked against minibn's code", "",
+             "## The paper's statements: verdicts", "",
+             "docs/protocol.md §4a names no claim of this study (its claims are the experiments'); the statements "
+             "of §5 are judged instead, each as `theory.CHECK` by `minibn.claims.theory_claims`: reproduced when no "
+             "instance is off by more than the tolerance. Also in `claims.json`.", "",
+             claims.summary_table(claims.theory_claims(doc)), "",
              "Every statement of docs/protocol.md §5, evaluated with minibn's own BatchNorm and Dense forward/backward "
              "(eps = 0, population variance, as the theory assumes) on random layers and on every BN layer of "
              "three trained networks at several points of training. Derivations and the corrections to the "
@@ -133,6 +138,7 @@ def render_report(doc):
 
 
 def write_report(out, doc):
+    claims.write(out, claims.theory_claims(doc))
     common.write_report(out, render_report(doc))
 
 

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 
-from minibn import io, report
+from minibn import claims, io, report
 from minibn.report import color, floats, fmt, label
 from minibn.studies import common
 
@@ -108,42 +108,6 @@ def moving_average(values, k=50):
 def final(run, key):
     values = run.get(key) or []
     return values[-1] if values else None
-
-
-def median_at(values, idx):
-    return report.finite_median([values[i] for i in idx])
-
-
-def landscape_summary(run, early):
-    """Medians over the window of the loss spread (max - min over the grid), the largest
-    gradient change, and beta_eff."""
-    ls = run.get("landscape")
-    if not ls:
-        return None
-    idx = report.window(ls["steps"], early)
-    spread = [None if lo is None or hi is None else hi - lo for lo, hi in zip(ls["loss_min"], ls["loss_max"])]
-    return {"loss_spread": median_at(spread, idx), "gradpred_max": median_at(ls["gradpred_max"], idx),
-            "beta_eff": median_at(ls["beta_eff"], idx), "nonfinite": int(sum(ls.get("nonfinite") or [0]))}
-
-
-def ics_summary(run):
-    """Per layer, the median over measurements after step 0 of ||G - G'|| and of cos."""
-    ic = run.get("ics")
-    if not ic:
-        return None
-    idx = report.window(ic["steps"], early=False)
-    cols = list(zip(*ic["l2"])) if ic["l2"] else []
-    coss = list(zip(*ic["cos"])) if ic["cos"] else []
-    return {"l2": [median_at(c, idx) for c in cols], "cos": [median_at(c, idx) for c in coss]}
-
-
-def shape_stats(x):
-    """Skewness and excess kurtosis of the finite values of ``x`` (0 and 0 for a Gaussian)."""
-    x = x[np.isfinite(x)]
-    if x.size < 3 or x.std() == 0:
-        return math.nan, math.nan
-    z = (x - x.mean()) / x.std()
-    return float((z ** 3).mean()), float((z ** 4).mean() - 3.0)
 
 
 # --- figures ------------------------------------------------------------------------
@@ -322,98 +286,6 @@ def run_name_of(doc, run):
 
 # --- the report ---------------------------------------------------------------------
 
-def verdict(ok):
-    return "**agrees**" if ok else "**disagrees**"
-
-
-def claims(doc, arrays):
-    """``[(claim, measured, verdict)]`` for docs/protocol.md §4's claims the selected experiments test."""
-    cfg, out = doc["config"], []
-    lr, hi, lo = cfg["lr"], cfg["lr_high"], cfg["lr_low"]
-    std, bn = find(doc, "standard", lr), find(doc, "batchnorm", lr)
-
-    def loss_of(run):
-        return tail_mean(run["loss"]) if run else math.nan
-
-    if "E1" in doc["experiments"]:
-        for rate in (lr, hi):
-            s, b = find(doc, "standard", rate), find(doc, "batchnorm", rate)
-            if s and b:
-                measured = (f"LR {rate:g}: final train accuracy standard {fmt(final(s, 'train_acc'))} vs BN "
-                            f"{fmt(final(b, 'train_acc'))}; test {fmt(final(s, 'test_acc'))} vs {fmt(final(b, 'test_acc'))}"
-                            + (f"; standard diverged at step {s['diverged_at']}" if s["diverged_at"] is not None else ""))
-                ok = (final(b, "train_acc") or 0) > (final(s, "train_acc") or 0)
-                out.append((f"E1: BN trains faster and to higher accuracy (LR {rate:g})", measured, verdict(ok)))
-    if "E2" in doc["experiments"]:
-        noisy = find(doc, "noisy", lr)
-        if std and bn and noisy:
-            ln, lb, ls_ = loss_of(noisy), loss_of(bn), loss_of(std)
-            measured = (f"final training loss (mean of the last 10% of steps, train mode) noisy BN {fmt(ln)}, BN "
-                        f"{fmt(lb)}, standard {fmt(ls_)}; eval-mode train accuracy noisy {fmt(final(noisy, 'train_acc'))}, "
-                        f"BN {fmt(final(bn, 'train_acc'))}, standard {fmt(final(std, 'train_acc'))}; test accuracy noisy "
-                        f"{fmt(final(noisy, 'test_acc'))}")
-            ok = abs(ln - lb) < abs(ln - ls_) or ln <= lb
-            out.append(("E2: noisy BN, with unstable layer-input distributions, trains about as well as BN "
-                        "(BN's advantage is not distributional stability)", measured, verdict(ok)))
-            layers = scaled_layers(n_conv(doc), (2, 9, 13))
-            changes = {v: [median_at(moment_series(r, k)["mean_change"], report.window(r["moments"]["steps"], False))
-                           for k in layers] for v, r in (("standard", std), ("batchnorm", bn), ("noisy", noisy))}
-            measured = "; ".join(f"{label(v)} " + ", ".join(f"layer {k}: {fmt(c)}" for k, c in zip(layers, cs))
-                                 for v, cs in changes.items())
-            ok = all(cn > cb for cn, cb in zip(changes["noisy"], changes["batchnorm"]))
-            out.append(("E2: the noise makes the activation moments of noisy BN far less stable than BN's "
-                        "(median step-to-step |Δμ|, averaged over units)", measured, verdict(ok)))
-    if "E3" in doc["experiments"]:
-        for rate in (lr, lo):
-            s, b = find(doc, "standard", rate), find(doc, "batchnorm", rate)
-            ss, bs = s and ics_summary(s), b and ics_summary(b)
-            if not (ss and bs):
-                continue
-            l2_s, l2_b = np.nanmean(ss["l2"][1:]), np.nanmean(bs["l2"][1:])
-            cos_s, cos_b = np.nanmean(ss["cos"][1:]), np.nanmean(bs["cos"][1:])
-            measured = (f"LR {rate:g}, layers 2..{len(ss['l2'])} (median over measurements, mean over layers): "
-                        f"||G-G'|| standard {fmt(l2_s)} vs BN {fmt(l2_b)}; cos standard {fmt(cos_s)} vs BN {fmt(cos_b)}")
-            reduced = l2_b < l2_s and cos_b > cos_s + 0.05
-            out.append((f"E3: BN does not reduce internal covariate shift as Definition 2.1 measures it (LR {rate:g})",
-                        measured, verdict(not reduced)))
-    if "E4" in doc["experiments"] and std and bn and std.get("landscape") and bn.get("landscape"):
-        for early in (True, False):
-            s, b = landscape_summary(std, early), landscape_summary(bn, early)
-            what = "early in training (first 20% of measurements after step 0)" if early else "over all of training"
-            measured = (f"{what}, medians standard vs BN: loss spread {fmt(s['loss_spread'])} vs {fmt(b['loss_spread'])}; "
-                        f"max gradient change {fmt(s['gradpred_max'])} vs {fmt(b['gradpred_max'])}; β_eff "
-                        f"{fmt(s['beta_eff'])} vs {fmt(b['beta_eff'])}")
-            ok = b["loss_spread"] < s["loss_spread"] and b["gradpred_max"] < s["gradpred_max"] and b["beta_eff"] < s["beta_eff"]
-            out.append((f"E4: BN makes the loss and its gradient more Lipschitz along the trajectory ({what})",
-                        measured, verdict(ok)))
-    if "E5" in doc["experiments"] and std and std.get("landscape"):
-        base = landscape_summary(std, True)
-        ref_bn = bn and landscape_summary(bn, True)
-        for v in ("l1", "l2", "linf"):
-            run = find(doc, v, lr)
-            if not (run and run.get("landscape")):
-                continue
-            s = landscape_summary(run, True)
-            measured = (f"early medians: β_eff {fmt(s['beta_eff'])} (standard {fmt(base['beta_eff'])}"
-                        + (f", BN {fmt(ref_bn['beta_eff'])}" if ref_bn else "") + f"); max gradient change "
-                        f"{fmt(s['gradpred_max'])} (standard {fmt(base['gradpred_max'])}); final train accuracy "
-                        f"{fmt(final(run, 'train_acc'))} (standard {fmt(final(std, 'train_acc'))})")
-            ok = s["beta_eff"] < base["beta_eff"] and s["gradpred_max"] < base["gradpred_max"]
-            out.append((f"E5: {label(v)} smooths the landscape as BN does", measured, verdict(ok)))
-        layers = scaled_layers(n_conv(doc), (3, 11))
-        rows = []
-        for v in ("batchnorm", "l1", "l2", "linf", "standard"):
-            run = find(doc, v, lr)
-            if run:
-                stats = [shape_stats(samples(run, k, arrays, run_name_of(doc, run))[-1]) for k in layers]
-                rows.append(f"{label(v)} " + ", ".join(f"layer {k}: skew {fmt(sk, 2)}, kurtosis {fmt(ku, 2)}"
-                                                        for k, (sk, ku) in zip(layers, stats)))
-        out.append(("E5: the Lp variants do this without Gaussian-like activations (skewness and excess kurtosis "
-                    "of one unit's pre-activations at the last step; 0 and 0 for a Gaussian)", "; ".join(rows),
-                    "descriptive: compare the numbers and fig12"))
-    return out
-
-
 def step_rate(run):
     """Images/s of the run's bare training step: recorded by runs made before the benchmark moved
     to benchmarks/bench_vgg_variants.py, "-" for the others."""
@@ -443,11 +315,17 @@ def seeds_text(cfg):
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
 
 
-def report_markdown(doc, arrays, figures):
+def report_markdown(doc, arrays, figures, records=None):
     cfg = doc["config"]
     env = cfg["environment"]
+    records = claims.vgg_claims(doc, arrays) if records is None else records
     lines = [
         f"# VGG / CIFAR-10 study, preset `{doc['preset']}`", "",
+        "## The paper's claims: verdicts", "",
+        "Each claim of docs/protocol.md §4a that the selected experiments test, judged per seed by a rule of "
+        "`minibn/claims.py` (fixed before the results were seen; each rule is stated under \"Claims beside "
+        "measurements\"); also in `claims.json`.", "",
+        claims.summary_table(records), "",
         f"Command: `{cfg['command']}`  ",
         f"Machine: {env['platform']}, {env['processor']}, {env['cpu_count']} cores, Python {env['python']}, "
         f"NumPy {env['numpy']}, backend `{cfg['backend']}`  ",
@@ -460,8 +338,8 @@ def report_markdown(doc, arrays, figures):
         f"(running statistics, no noise) on {cfg['eval_train_size']} training and {cfg['eval_test_size']} test images "
         f"every {cfg['eval_every']} steps; instruments every {cfg['measure_every']} steps; landscape grid "
         f"{cfg['eta_multipliers']}×LR.", "",
-        "## The paper's claims beside this run", "",
-        report.table(["claim (docs/protocol.md §4)", "measured here", "verdict"], claims(doc, arrays)), "",
+        "## Claims beside measurements", "",
+        *claims.rules_text(records), "",
         "## Runs", "", runs_table(doc), "",
         "\"final train loss\" is the mean training-batch loss over the last 10% of steps (train mode: noisy BN's "
         "with its noise); accuracies are the last evaluation; \"step images/s\" times the bare training step "
@@ -515,7 +393,9 @@ def write_figures_and_report(out, doc, arrays):
         make("fig5_lp_training", fig_accuracy, path("fig5_lp_training"), lp, [lr], "E5")
         make("fig6_lp_landscape", fig_landscape, path("fig6_lp_landscape"), lp, lr)
         make("fig12_lp_activations", fig_histograms, path("fig12_lp_activations"), lp, (3, 11), lr)
-    common.write_report(out, report_markdown(doc, arrays, made))
+    records = claims.vgg_claims(doc, arrays)
+    claims.write(out, records)
+    common.write_report(out, report_markdown(doc, arrays, made, records))
     return made
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from minibn import io
+from minibn import claims, io
 from minibn.studies import dln, dln_report
 
 RUN_KEYS = {"variant", "lr", "seed", "steps", "loss", "diverged_at", "ics", "landscape", "moments", "wall_s"}
@@ -60,7 +60,10 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
         path = smoke / name
         assert path.exists() and path.stat().st_size > 1000, name
     text = (smoke / "report.md").read_text()
-    assert "## Claims beside measurements" in text and "ICS at LR" in text
+    assert text.startswith("# DLN study (smoke preset)\n\n## The paper's claims: verdicts")
+    assert "## Claims beside measurements" in text and "## The loss scale, measured" in text
+    ids = [r["id"] for r in io.read_json(smoke / "claims.json")]
+    assert ids == list(claims.DLN_RULES)
     import numpy as np
 
     arrays = np.load(smoke / "results.npz")

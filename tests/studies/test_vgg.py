@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from minibn import backend, io, models
+from minibn import backend, claims, io, models
 from minibn.measure import moments
 from minibn.studies import vgg
 from tests.data.test_cifar10 import make_folder
@@ -58,8 +58,12 @@ def test_smoke_results_schema_figures_and_report(smoke):
                 "fig6_lp_landscape", "fig8_moments", "fig11_gradpred_vs_eta", "fig12_lp_activations"):
         assert os.path.getsize(os.path.join(out, f"{fig}.png")) > 1000, fig
     text = open(os.path.join(out, "report.md")).read()
-    assert "BN does not reduce internal covariate shift" in text and "noisy BN" in text
-    assert text.count("**agrees**") + text.count("**disagrees**") >= 8
+    assert text.startswith("# VGG / CIFAR-10 study, preset `smoke`\n\n## The paper's claims: verdicts")
+    stored = io.read_json(os.path.join(out, "claims.json"))
+    assert [r["id"] for r in stored] == list(claims.VGG_RULES)  # every §4a VGG claim of E1..E5
+    for r in stored:
+        assert f"`{r['id']}`" in text
+        assert r["verdict"].split(":")[0] in ("reproduced", "partly", "not reproduced", "opposite", "not judged"), r
 
 
 def test_report_command_rebuilds_the_report_from_the_folder_alone(smoke, tmp_path):
