@@ -21,7 +21,8 @@ and its tests, and nothing else.
 'L2 norm'
 """
 
-from typing import Callable, NamedTuple
+import importlib
+from typing import Callable, NamedTuple, Optional
 
 from minibn import backend
 from minibn.nn.layer import Layer, LayerError, check_input
@@ -105,12 +106,14 @@ class AffineNorm(Layer):
 
 class Normalizer(NamedTuple):
     """A registered normalization: ``make(num_features, rng=..., dtype=..., **options)``
-    returns the layer to insert after a weight layer (None: insert nothing)."""
+    returns the layer to insert after a weight layer (None: insert nothing). ``module`` is
+    the module whose import registers it: a study's worker process imports it (:func:`get`)."""
 
     name: str
     label: str
     color: str
     make: Callable
+    module: Optional[str] = None
 
 
 REGISTRY = {}
@@ -119,21 +122,31 @@ REGISTRY = {}
 ALIASES = {None: "standard", "noise": "standard_noisy"}
 
 
-def register(name, label, color, make):
-    """Add a normalizer under ``name`` (a new name; re-registering one is an error)."""
+def register(name, label, color, make, *, module=None):
+    """Add a normalizer under ``name`` (a new name; re-registering one is an error).
+
+    ``module`` (default: the module ``make`` is defined in) is what a study's worker process
+    imports to find the normalizer, since a spawned process starts with only minibn's own
+    (docs/your-own-layer.md). Register at the top level of that module, so importing it is enough.
+    """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register: a normalizer's name must be an identifier-like string, got {name!r}")
     if name in REGISTRY or name in ALIASES:
         raise ValueError(f"register: a normalizer named {name!r} is already registered")
-    REGISTRY[name] = Normalizer(name, label, color, make)
+    REGISTRY[name] = Normalizer(name, label, color, make, module or getattr(make, "__module__", None))
     return REGISTRY[name]
 
 
-def get(name):
-    """The :class:`Normalizer` registered as ``name`` (or one of its :data:`ALIASES`)."""
+def get(name, module=None):
+    """The :class:`Normalizer` registered as ``name`` (or one of its :data:`ALIASES`); when it is
+    not registered in this process, ``module`` (its entry's ``module`` in the process that chose
+    it) is imported first, which registers it."""
     key = ALIASES.get(name, name)
+    if key not in REGISTRY and module:
+        importlib.import_module(module)
     if key not in REGISTRY:
-        raise ValueError(f"unknown normalizer {name!r}; choose one of {tuple(REGISTRY)} "
+        where = f" (importing {module!r} did not register it)" if module else ""
+        raise ValueError(f"unknown normalizer {name!r}{where}; choose one of {tuple(REGISTRY)} "
                          f"(or None for the standard network)")
     return REGISTRY[key]
 

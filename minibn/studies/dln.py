@@ -26,7 +26,8 @@ from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.studies import common
 
-#: The variants a run may use.
+#: minibn's own variants. A run accepts every name registered when it starts, a user's too
+#: (normalization.register; docs/your-own-layer.md).
 VARIANTS = tuple(normalization.REGISTRY)
 #: The variants the presets run: those of the paper's DLN experiments (docs/protocol.md §4).
 DEFAULT_VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
@@ -86,6 +87,7 @@ def run_one(spec):
     xp = backend.get(cfg["backend"])
     rng = backend.rng(spec["seed"])
     X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
+    normalization.get(spec["variant"], spec["module"])  # a spawned worker imports a user's variant here
     model = models.dln(cfg["depth"], cfg["width"], norm=None if spec["variant"] == "standard" else spec["variant"],
                        norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
     model.to(cfg["backend"])
@@ -132,7 +134,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="first seed: data, target A, initial weights and noise [0]")
     p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
     p.add_argument("--variants", nargs="+", default=None, metavar="V",
-                   help=f"only these variants, of {', '.join(VARIANTS)} [the preset's: {', '.join(DEFAULT_VARIANTS)}]")
+                   help=f"only these variants, of {', '.join(normalization.REGISTRY)} "
+                        f"[the preset's: {', '.join(DEFAULT_VARIANTS)}]")
     p.add_argument("--lr", nargs="+", type=float, default=None, metavar="LR",
                    help="run every chosen variant at each of these learning rates [the preset's pairs]")
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
@@ -150,9 +153,13 @@ def parse_args(argv=None):
 def validate(args):
     """Every option checked before any work starts."""
     if args.variants:
-        unknown = [v for v in args.variants if v not in VARIANTS]
+        unknown = [v for v in args.variants if v not in normalization.REGISTRY]
         if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(normalization.REGISTRY)}")
+        stranded = [v for v in args.variants if args.jobs > 1 and not _workers_can_import(normalization.get(v).module)]
+        if stranded:
+            raise ValueError(f"variant(s) {stranded} were registered where worker processes cannot import them "
+                             f"(an interactive session); pass jobs=1, or register them in an importable module")
     if args.lr is not None:
         bad = [lr for lr in args.lr if not (math.isfinite(lr) and lr > 0)]
         if bad:
@@ -165,6 +172,14 @@ def validate(args):
     common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
+
+
+def _workers_can_import(module):
+    """Whether a spawned worker can import ``module``: one imported here is on the worker's sys.path
+    too, and a script's ``__main__`` is run again by every spawned worker; an interactive one is not."""
+    if module == "__main__":
+        return hasattr(sys.modules["__main__"], "__file__")
+    return module in sys.modules
 
 
 def build_config(args):
@@ -202,7 +217,7 @@ def run_validated(args, command):
     # every other setting must match the runs already in the folder.
     common.record_config(args.out, cfg, args.resume, may_change=("seeds",))
     specs = [{"name": run_name(v, lr, s), "variant": v, "lr": lr, "seed": s, "config": cfg, "out": args.out,
-              "resume": args.resume}
+              "resume": args.resume, "module": normalization.get(v).module}
              for s in cfg["seeds"] for v, lr in cfg["runs"]]
     print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
           f"{args.jobs} at a time -> {args.out}", flush=True)
