@@ -29,6 +29,7 @@ import math
 
 from minibn import backend, gradcheck
 from minibn.nn import batchnorm, dense
+from minibn.nn.layer import Layer
 from minibn.nn.losses import softmax_cross_entropy, squared_error
 from minibn.nn.normalization import channel_rows as rows
 
@@ -446,3 +447,115 @@ def smooth_loss(kind, shape, rng=None, xp=None, dtype="float64"):
             return ((p * q - p * (p * q).sum(axis=1, keepdims=True)) / m) @ V.T
         return loss, hvp
     raise ValueError(f"smooth_loss: kind must be one of {SMOOTH_LOSSES}, got {kind!r}")
+
+
+# --- Any normalizer: scale invariance and the Jacobian's projection structure -----------------
+
+def normalizer_functions(norm):
+    """``(forward(x) -> y, vjp(x, dys) -> [dx, ...])`` of a normalizer given as a :class:`Layer`
+    (run in probe mode: batch statistics, and the layer left as it was) or as a pair
+    ``(forward(x) -> (y, cache), backward(dy, cache) -> dx or (dx, grads))``, a functional core
+    with its parameters bound (``(lambda x: batchnorm.forward(x, gamma, beta, 0.0), batchnorm.backward)``)."""
+    if isinstance(norm, Layer):
+        def forward(x):
+            with norm.snapshot():
+                return norm.forward(x, "probe")
+
+        def vjp(x, dys):
+            with norm.snapshot():
+                norm.forward(x, "probe")
+                return [norm.backward(dy) for dy in dys]
+        return forward, vjp
+    if isinstance(norm, (tuple, list)) and len(norm) == 2 and all(map(callable, norm)):
+        core_forward, core_backward = norm
+
+        def vjp(x, dys):
+            _, cache = core_forward(x)
+            out = [core_backward(dy, cache) for dy in dys]
+            return [dx[0] if isinstance(dx, tuple) else dx for dx in out]
+        return (lambda x: core_forward(x)[0]), vjp
+    raise TypeError(f"theory: a normalizer is a minibn Layer or a pair (forward, backward) of callables, "
+                    f"got {type(norm).__name__}")
+
+
+def normalizer_scale_invariance(norm, x, dy=None, scales=(0.5, 2.0, 10.0), seed=0):
+    """Is the normalizer ``norm`` (a Layer or a forward/backward pair, :func:`normalizer_functions`)
+    invariant to a positive rescaling of its input, as BatchNorm with eps = 0 is?
+
+    For each a of ``scales`` (a number, or an array broadcasting against x such as one positive
+    scale per channel): ``output`` = relative_error(y(a x), y(x)), and ``grad`` =
+    relative_error(a dL/dx(a x), dL/dx(x)) for the downstream gradient ``dy`` (random when None),
+    since the input gradient of a scale-invariant map scales as 1/a. Both are ~1e-16 for
+    BatchNorm with eps = 0; eps > 0 breaks the invariance by about eps / var. Also
+    ``max_output_error`` and ``max_grad_error`` over the scales.
+    """
+    forward, vjp = normalizer_functions(norm)
+    xp = backend.array_module(x)
+    y = forward(x)
+    if dy is None:  # not rng(seed): an input drawn with the same seed would make dy a multiple of x
+        dy = backend.to_device(backend.rng([seed, 1]).standard_normal(y.shape), xp).astype(y.dtype)
+    dx = vjp(x, [dy])[0]
+    out = {"scales": list(scales), "output": [], "grad": []}
+    for a in scales:
+        if float(xp.asarray(a).min()) <= 0:
+            raise ValueError(f"normalizer_scale_invariance: scales must be positive, got {a!r}")
+        out["output"].append(relative_error(forward(a * x), y))
+        out["grad"].append(relative_error(a * vjp(a * x, [dy])[0], dx))
+    out["max_output_error"], out["max_grad_error"] = max(out["output"]), max(out["grad"])
+    return out
+
+
+def normalizer_projection(norm, x, pooled_view=None, numeric=True):
+    """The Jacobian of the normalizer ``norm`` (a Layer or a forward/backward pair) at x, and how
+    far it is from BatchNorm's structure: per column j of the pooled view (the values that share
+    one statistic; :func:`channel_rows` unless ``pooled_view`` or the layer's ``pooled_view`` says
+    otherwise), J_j = dy_j/dx_j is (gamma/std) P with P the orthogonal projection that removes
+    1 and x_hat (docs/theory.md).
+
+    Built from ``m x C`` backward passes (row k = the backward of the unit cotangent e_k), so x
+    must be small. Returns ``jacobian`` (x.size, x.size), ``m``, and arrays over columns:
+    ``ones`` = ||J_j 1|| / (||J_j||_F ||1||) (0: blind to a shift of the column),
+    ``input`` = ||J_j x_j|| / (||J_j||_F ||x_j||) (0: blind to a rescaling, what scale invariance
+    implies), ``symmetric`` = relative_error(J_j, J_j^T), ``idempotent`` =
+    relative_error(J_j J_j, s_j J_j) with ``scale`` s_j = tr(J_j J_j)/tr(J_j) (J_j = s_j P for a
+    projection P; BatchNorm's s_j is gamma_j/std_j), ``rank`` (BatchNorm's: m - 2); and
+    ``cross_column`` = max|dy_i/dx_l| over i, l in different columns relative to max|J| (0: the
+    columns are normalized independently). With ``numeric``, ``numeric`` = relative_error of J
+    against central differences of the forward (a check of the backward itself).
+    """
+    forward, vjp = normalizer_functions(norm)
+    xp = backend.array_module(x)
+    n = x.size
+    if n > 1024:
+        raise ValueError(f"normalizer_projection: the Jacobian takes one backward per value of x, so x may hold at "
+                         f"most 1024 values; got shape {tuple(x.shape)}")
+    x = xp.ascontiguousarray(x).copy()
+    eye = xp.eye(n, dtype=x.dtype)
+    J = xp.stack([dx.ravel() for dx in vjp(x, [eye[k].reshape(x.shape) for k in range(n)])], axis=0)
+    view = pooled_view or getattr(norm, "pooled_view", rows)
+    columns = view(xp.arange(n).reshape(x.shape))                    # (m, C): flat indices of each column
+    m, C = columns.shape
+    column_of = xp.empty(n, dtype=columns.dtype)
+    column_of[columns.ravel()] = xp.tile(xp.arange(C, dtype=columns.dtype), m)
+    top = max(float(abs(J).max()), TINY)
+    apart = column_of[:, None] != column_of[None, :]
+    out = {"jacobian": J, "m": m, "cross_column": float(abs(J[apart]).max()) / top if C > 1 else 0.0}
+    stats = {k: [] for k in ("ones", "input", "symmetric", "idempotent", "scale", "rank")}
+    flat = x.ravel()
+    for j in range(C):
+        idx = columns[:, j]
+        Jj, xj, ones = J[idx][:, idx], flat[idx], xp.ones(m, dtype=x.dtype)
+        size = max(float(xp.sqrt((Jj * Jj).sum())), TINY)
+        stats["ones"].append(float(xp.linalg.norm(Jj @ ones)) / (size * math.sqrt(m)))
+        stats["input"].append(float(xp.linalg.norm(Jj @ xj)) / (size * max(float(xp.linalg.norm(xj)), TINY)))
+        stats["symmetric"].append(relative_error(Jj, Jj.T))
+        trace = float(xp.trace(Jj))
+        s = float((Jj * Jj.T).sum()) / trace if trace else math.nan
+        stats["scale"].append(s)
+        stats["idempotent"].append(relative_error(Jj @ Jj, s * Jj) if trace else math.nan)
+        sv = xp.linalg.svd(Jj, compute_uv=False)
+        stats["rank"].append(int((sv > 1e-9 * float(sv[0])).sum()) if float(sv[0]) > 0 else 0)
+    out.update({k: backend.host.asarray(v) for k, v in stats.items()})
+    if numeric:
+        out["numeric"] = relative_error(gradcheck.numerical_jacobian(lambda: forward(x), x), J)
+    return out

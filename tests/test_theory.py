@@ -11,7 +11,8 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minibn import backend, gradcheck, theory
+from minibn import backend, gradcheck, nn, theory
+from minibn.nn import batchnorm
 
 EXAMPLES = settings(max_examples=25, deadline=None)
 
@@ -263,3 +264,53 @@ def test_statements_on_each_backend(xp):
     ref = layer_instance(21, 9, 3, 4, 1.0, 1.0, 1.0)
     ref41 = theory.theorem_4_1(ref[0] @ ref[1], ref[2], ref[3], ref[4](theory.bn_forward(ref[0] @ ref[1], ref[2], ref[3])[0])[1])
     assert theory.relative_error(backend.to_host(r41["lhs"]), ref41["lhs"]) < 1e-12
+
+
+# --- any normalizer, as a layer or a forward/backward pair -------------------------------------------
+
+np = backend.host
+
+def test_normalizer_projection_of_batchnorm_is_the_theorys_projection():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 2, 2, 3)) * 3.0 + 1.0
+    layer = nn.BatchNorm(3, eps=0.0, dtype="float64")
+    layer.params["gamma"][:] = [1.5, -0.7, 2.0]
+    out = theory.normalizer_projection(layer, x)
+    expected = theory.bn_jacobian(x, layer.params["gamma"], layer.params["beta"], numeric=False)["theory"]
+    for j in range(3):
+        idx = np.arange(x.size).reshape(x.shape)[..., j].ravel()
+        np.testing.assert_allclose(out["jacobian"][np.ix_(idx, idx)], expected[j], rtol=1e-10, atol=1e-12)
+    _, std, _, m = theory.column_stats(x)
+    np.testing.assert_allclose(out["scale"], layer.params["gamma"] / std, rtol=1e-12)
+    assert out["m"] == m == 8 and out["rank"].tolist() == [6, 6, 6] and out["cross_column"] == 0.0
+    assert max(out["ones"].max(), out["input"].max(), out["symmetric"].max(), out["idempotent"].max()) < 1e-13
+    assert out["numeric"] < 1e-7
+
+
+def test_the_pair_form_gives_the_layers_numbers_and_lp_norm_keeps_only_scale_invariance():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(6, 2)) * 2.0 + 0.5
+    gamma, beta = np.array([1.3, -0.4]), np.array([0.2, 0.1])
+    pair = (lambda x: batchnorm.forward(x, gamma, beta, 0.0), batchnorm.backward)
+    layer = nn.BatchNorm(2, eps=0.0, dtype="float64")
+    layer.params["gamma"][:], layer.params["beta"][:] = gamma, beta
+    np.testing.assert_allclose(theory.normalizer_projection(pair, x)["jacobian"],
+                               theory.normalizer_projection(layer, x)["jacobian"], rtol=1e-12, atol=1e-14)
+    inv = theory.normalizer_scale_invariance(pair, x, scales=(0.5, 3.0, np.array([2.0, 7.0])))
+    assert inv["max_output_error"] < 1e-14 and inv["max_grad_error"] < 1e-13
+    lp = theory.normalizer_projection(nn.LpNorm(2, 2, eps=0.0, dtype="float64"), x)
+    assert lp["input"].max() < 1e-13 and lp["ones"].min() > 1e-3 and lp["symmetric"].min() > 1e-3
+    # eps > 0 and a layer that is not a normalizer are not scale invariant, and are reported so
+    assert theory.normalizer_scale_invariance(nn.BatchNorm(2, dtype="float64"), x * 1e-2)["max_output_error"] > 1e-3
+    relu = theory.normalizer_scale_invariance(nn.ReLU(), x, scales=(2.0,))
+    assert relu["max_output_error"] == pytest.approx(0.5) and relu["max_grad_error"] == pytest.approx(0.5)
+
+
+def test_normalizer_arguments_are_checked():
+    x = np.ones((3, 2))
+    with pytest.raises(TypeError, match="a normalizer is a minibn Layer or a pair \\(forward, backward\\)"):
+        theory.normalizer_projection(lambda x: x, x)
+    with pytest.raises(ValueError, match="scales must be positive, got -1.0"):
+        theory.normalizer_scale_invariance(nn.BatchNorm(2, dtype="float64"), x + np.arange(3)[:, None], scales=(-1.0,))
+    with pytest.raises(ValueError, match=r"at most 1024 values; got shape \(1025, 1\)"):
+        theory.normalizer_projection(nn.BatchNorm(1, dtype="float64"), np.ones((1025, 1)))
