@@ -73,8 +73,8 @@ class AffineNorm(Layer):
         name = type(self).__name__
         if int(num_features) != num_features or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive integer, got {num_features!r}")
-        if eps < 0:
-            raise ValueError(f"{name}: eps must be >= 0, got {eps!r}")
+        if not eps >= 0 or eps == float("inf"):  # "not >=" also refuses NaN
+            raise ValueError(f"{name}: eps must be a finite number >= 0, got {eps!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{name}: momentum must lie in [0, 1], got {momentum!r}")
         xp = backend.get(xp or "numpy")

@@ -152,6 +152,8 @@ def parse_args(argv=None):
 
 def validate(args):
     """Every option checked before any work starts."""
+    args.variants, args.lr = common.unique(args.variants), common.unique(args.lr)
+    args.jobs = common.check_jobs(args.jobs, args.backend)
     if args.variants:
         unknown = [v for v in args.variants if v not in normalization.REGISTRY]
         if unknown:
@@ -168,7 +170,7 @@ def validate(args):
         raise ValueError(f"--steps must be a positive integer, got {args.steps}")
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    args.jobs = common.check_jobs(args.jobs, args.backend)
+    common.check_seed(args.seed)
     common.check_backend(args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
@@ -223,6 +225,7 @@ def run_validated(args, command):
           f"{args.jobs} at a time -> {args.out}", flush=True)
     started = time.perf_counter()
     results = run_all(specs, args.jobs)
+    common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
     total = time.perf_counter() - started
     from minibn.studies import dln_report
 
@@ -237,13 +240,8 @@ def run_validated(args, command):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    try:
-        run_validated(args, "python -m minibn.studies.dln " + " ".join(argv))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs and checkpoints are kept in {args.out}; continue with the same "
-              f"command plus --resume", file=sys.stderr)
-        return 130
-    return 0
+    command = "python -m minibn.studies.dln " + " ".join(argv)
+    return common.main_guard(lambda: run_validated(args, command), args.out, command)
 
 
 def run_all(specs, jobs):

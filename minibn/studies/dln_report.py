@@ -139,9 +139,14 @@ def fig_training_loss(doc, path):
         for (variant, run_lr), runs in groups.items():
             if run_lr != lr:
                 continue
-            n = min(len(r["loss"]) for r in runs)
-            report.line_with_band(ax, runs[0]["steps"][:n], [r["loss"][:n] for r in runs],
-                                  report.label(variant), report.color(variant), log=True)
+            # a diverged seed's curve is shorter: pad it with None (not drawn) to the longest
+            longest = max(runs, key=lambda r: len(r["loss"]))
+            n = len(longest["loss"])
+            report.line_with_band(ax, longest["steps"], [r["loss"] + [None] * (n - len(r["loss"])) for r in runs],
+                                  report.diverged_label(report.label(variant), runs), report.color(variant), log=True)
+            for r in runs:
+                report.mark_divergence(ax, r["steps"], report.drawable(r["loss"], log=True), r["diverged_at"],
+                                       report.color(variant))
         ax.set(title=f"training loss, LR {lr:g}", xlabel="step", ylabel="loss (sum of squares)")
         ax.legend(fontsize=7)
     report.save(fig, path)
@@ -208,9 +213,11 @@ def fig_gradpred_vs_eta(doc, arrays, path):
             continue
         steps = ls["steps"]
         for i, row in enumerate(diffs):
-            ax.plot(ls["eta"], row, color=cm.viridis(i / max(1, len(steps) - 1)), lw=0.8, marker=".", ms=3)
-        ax.set(xscale="log", yscale="log", xlabel="eta'", ylabel="||grad L(w - eta' g) - g||",
-               title=f"{variant}, LR {lr:g} (colour: step 0 -> {steps[-1]})")
+            ax.plot(ls["eta"], report.drawable(row, log=True), color=cm.viridis(i / max(1, len(steps) - 1)), lw=0.8,
+                    marker=".", ms=3)
+        report.log_scale(ax, *(line.get_ydata() for line in ax.get_lines()))
+        ax.set(xscale="log", xlabel="eta'", ylabel="||grad L(w - eta' g) - g||",
+               title=f"{variant}, LR {lr:g} (colour: step 0 -> {steps[-1] if steps else '-'})")
     report.save(fig, path)
 
 
@@ -302,7 +309,8 @@ def report_markdown(doc, records=None):
     groups = runs_by(doc)
     rows = []
     for name, run in doc["runs"].items():
-        rows.append([name, run["variant"], f"{run['lr']:g}", run["seed"], report.fmt(_final_loss(run)),
+        final = "diverged" if run["diverged_at"] is not None else report.fmt(_final_loss(run))
+        rows.append([name, run["variant"], f"{run['lr']:g}", run["seed"], final,
                      run["diverged_at"] if run["diverged_at"] is not None else "-",
                      report.fmt(run.get("hessian_top")),
                      report.fmt(run["hessian_top"] * run["lr"] / 2) if run.get("hessian_top") is not None else "-",
@@ -355,8 +363,7 @@ def report_markdown(doc, records=None):
 
 def main(argv=None):
     """``python -m minibn.studies.dln_report DIR``: rebuild DIR's figures and report.md from its results."""
-    out = common.report_folder("minibn.studies.dln_report", argv)
-    doc, arrays = common.read_results(out)
+    out, doc, arrays = common.report_input("minibn.studies.dln_report", argv)
     if not arrays:
         print(f"{out} has no results.npz: fig11_gradpred_vs_eta.png and fig13_activations.png are left as they are")
     write_figures_and_report(out, doc, arrays)

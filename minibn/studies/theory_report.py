@@ -144,8 +144,7 @@ def write_report(out, doc):
 
 def main(argv=None):
     """``python -m minibn.studies.theory_report DIR``: rebuild DIR/report.md from its results."""
-    out = common.report_folder("minibn.studies.theory_report", argv)
-    doc, _ = common.read_results(out)
+    out, doc, _ = common.report_input("minibn.studies.theory_report", argv)
     write_report(out, doc)
     print(os.path.join(out, "report.md"))
     return 0

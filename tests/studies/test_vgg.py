@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from minibn import backend, claims, io, models
+from minibn import backend, claims, io, models, report
 from minibn.measure import moments
-from minibn.studies import vgg
+from minibn.studies import vgg, vgg_report
 from tests.data.test_cifar10 import make_folder
 
 RUN_KEYS = {"variant", "lr", "steps", "loss", "diverged_at", "ics", "landscape", "train_acc", "test_acc",
@@ -64,6 +64,62 @@ def test_smoke_results_schema_figures_and_report(smoke):
     for r in stored:
         assert f"`{r['id']}`" in text
         assert r["verdict"].split(":")[0] in ("reproduced", "partly", "not reproduced", "opposite", "not judged"), r
+
+
+@pytest.fixture(scope="module")
+def two_seeds(smoke, tmp_path_factory):
+    """The smoke study resumed with a second seed (seed 0 read back; the standard net diverges on both)."""
+    out, argv = smoke
+    folder = str(tmp_path_factory.mktemp("vgg-two-seeds") / "study")
+    shutil.copytree(out, folder)
+    assert vgg.main([a if a != out else folder for a in argv] + ["--seeds", "2", "--resume"]) == 0
+    return folder
+
+
+def bands_drawn(folder, doc, monkeypatch):
+    """``{figure: number of filled areas}`` the report draws for ``doc`` (fill_between bands, filled steps)."""
+    drawn = {}
+    monkeypatch.setattr(report, "save", lambda fig, path: drawn.__setitem__(os.path.basename(path)[:-4], fig))
+    with np.load(os.path.join(folder, "results.npz")) as stored:
+        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
+    vgg_report.write_figures_and_report(str(folder), doc, arrays)
+    counts = {name: sum(len(ax.collections) + sum(p.get_fill() for p in ax.patches) for ax in fig.axes)
+              for name, fig in drawn.items()}
+    for fig in drawn.values():
+        report.close(fig)
+    return counts, drawn
+
+
+def test_two_seeds_draw_the_median_with_a_min_max_band_in_every_figure(two_seeds, tmp_path, monkeypatch):
+    doc = io.read_json(os.path.join(two_seeds, "results.json"))
+    assert doc["config"]["seeds"] == [0, 1] and len(doc["runs"]) == 22
+    assert "seeds 0, 1" in open(os.path.join(two_seeds, "report.md")).read()
+    for fig in vgg_report.FIGURES:
+        assert os.path.getsize(os.path.join(two_seeds, f"{fig}.png")) > 1000, fig
+    # the same figures drawn from seed 0 alone: every figure of two seeds draws more filled areas (the bands)
+    one = {**doc, "config": {**doc["config"], "seeds": [0]},
+           "runs": {name: run for name, run in doc["runs"].items() if run["seed"] == 0}}
+    shutil.copy(os.path.join(two_seeds, "results.npz"), tmp_path / "results.npz")
+    with monkeypatch.context() as m:
+        single, _ = bands_drawn(tmp_path, one, m)
+    with monkeypatch.context() as m:
+        double, drawn = bands_drawn(tmp_path, doc, m)
+    assert sorted(single) == sorted(double) == sorted(vgg_report.FIGURES)
+    for name in vgg_report.FIGURES:
+        assert double[name] > single[name], (name, single[name], double[name])
+    # E1's training accuracy of BN: the line is the median of the two seeds, the band their range
+    seeds = [doc["runs"][f"batchnorm_lr0.1_seed{s}"]["train_acc"] for s in (0, 1)]
+    assert seeds[0] != seeds[1]
+    ax = drawn["fig1_accuracy"].axes[0]
+    line = next(line for line in ax.get_lines() if line.get_label() == "BatchNorm, LR 0.1")
+    assert np.allclose(line.get_ydata(), np.median(seeds, axis=0))
+    # each curve drew one line and one band, in the same order
+    band = ax.collections[ax.get_lines().index(line)]
+    edges = band.get_paths()[0].vertices[:, 1]
+    assert np.isclose(edges.min(), np.min(seeds)) and np.isclose(edges.max(), np.max(seeds))
+    # a seed that diverged is marked where its curve ends, its step in the legend
+    legend = [text.get_text() for text in drawn["fig1_accuracy"].axes[0].get_legend().get_texts()]
+    assert any("diverged: seed 0 at step" in t and "seed 1 at step" in t for t in legend), legend
 
 
 def test_report_command_rebuilds_the_report_from_the_folder_alone(smoke, tmp_path):
@@ -134,7 +190,10 @@ def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
     out, _ = smoke
     runs = io.read_json(os.path.join(out, "results.json"))["runs"]
     diverged = runs["standard_lr1e+06_seed0"]
-    assert diverged["diverged_at"] is not None and diverged["loss"][-1] is None
+    # diverged: its last loss is non-finite (None) or above the study's bound, and training stopped there
+    assert diverged["diverged_at"] == diverged["steps"][-1]
+    assert diverged["loss"][-1] is None or diverged["loss"][-1] > vgg.DIVERGED_LOSS
+    assert all(loss is not None and loss <= vgg.DIVERGED_LOSS for loss in diverged["loss"][:-1])
     assert all(r["diverged_at"] is None for n, r in runs.items() if "1e+06" not in n)
     assert "diverged at step" in open(os.path.join(out, "report.md")).read()
 
