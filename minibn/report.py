@@ -109,11 +109,12 @@ def median_band(curves):
         return np.nanmedian(stack, axis=0), np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
 
 
-def line_with_band(ax, x, curves, label, color=None, log=False):
-    """Plot the median of ``curves`` with their min-max band (one curve: just the line)."""
+def line_with_band(ax, x, curves, label, color=None, log=False, **line_style):
+    """Plot the median of ``curves`` with their min-max band (one curve: just the line);
+    ``line_style``: matplotlib's line keywords (``ls``, ``lw``, ``marker``, ...)."""
     mid, lo, hi = (drawable(a, log) for a in median_band(curves))
     x = np.asarray(x)
-    line, = ax.plot(x, mid, label=label, color=color, lw=1.3)
+    line, = ax.plot(x, mid, label=label, color=color, **{"lw": 1.3, **line_style})
     if len(curves) > 1:
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     if log:
@@ -146,18 +147,49 @@ def histogram_edges(values, bins, trim=0.5):
     return np.linspace(centre - half, centre + half, bins + 1)
 
 
+def _finite_rows(samples):
+    """The finite values (:func:`drawable`) of each row of ``samples``: one row per seed (a 1-D
+    ``samples`` is one seed)."""
+    rows = np.atleast_2d(np.asarray(samples, dtype=float))
+    return [a[np.isfinite(a)] for a in drawable(rows.ravel()).reshape(rows.shape)]
+
+
+def _densities(rows, edges):
+    """Density histograms of ``rows`` on ``edges``; a row with no value has none (zeros)."""
+    return [np.histogram(a, bins=edges, density=True)[0] if a.size else np.zeros(len(edges) - 1) for a in rows]
+
+
+def histogram_with_band(ax, samples, label, color=None, bins=50):
+    """The outline of the density histogram of ``samples`` (one row per seed, or 1-D for one):
+    several seeds give the median density on shared edges and its min-max band; returns the
+    edges (None when no value is finite)."""
+    rows = _finite_rows(samples)
+    if not any(a.size for a in rows):
+        return None
+    edges = histogram_edges(np.concatenate(rows), bins, trim=0)
+    mid, lo, hi = median_band(_densities(rows, edges))
+    ax.stairs(mid, edges, color=color, label=label, lw=1.2)
+    if len(rows) > 1:
+        ax.stairs(hi, edges, baseline=lo, fill=True, color=color, alpha=0.2, lw=0)
+    return edges
+
+
 def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60, max_ridges=11):
     """A ridge plot: one histogram outline per measured step, stacked upwards (step 0 at the bottom);
-    at most ``max_ridges`` evenly spaced steps (the first and last included), so ridges stay legible."""
+    at most ``max_ridges`` evenly spaced steps (the first and last included), so ridges stay legible.
+    A step's samples may hold one row per seed: its ridge is then the median density with its
+    min-max band over seeds."""
     keep = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), max_ridges)).round().astype(int))
     samples_by_step, steps = [samples_by_step[i] for i in keep], [steps[i] for i in keep]
-    finite = [a[np.isfinite(a)] for a in (drawable(np.ravel(s)) for s in samples_by_step)]
-    edges = histogram_edges(np.concatenate([np.zeros(0)] + finite), bins)
+    finite = [_finite_rows(s) for s in samples_by_step]
+    edges = histogram_edges(np.concatenate([np.zeros(0)] + [a for rows in finite for a in rows]), bins)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    for k, values in enumerate(finite):
-        hist, _ = np.histogram(values, bins=edges, density=True)
-        peak = hist.max() or 1.0
-        ax.fill_between(centres, k, k + overlap * hist / peak, color=color, alpha=0.35, lw=0.6, edgecolor="k")
+    for k, rows in enumerate(finite):
+        mid, lo, hi = median_band(_densities(rows, edges))
+        peak = hi.max() or 1.0
+        ax.fill_between(centres, k, k + overlap * mid / peak, color=color, alpha=0.35, lw=0.6, edgecolor="k")
+        if len(rows) > 1:
+            ax.fill_between(centres, k + overlap * lo / peak, k + overlap * hi / peak, color=color, alpha=0.15, lw=0)
     labels_at = np.linspace(0, len(steps) - 1, min(6, len(steps))).astype(int) if len(steps) else []
     ax.set_yticks(list(labels_at))
     ax.set_yticklabels([str(steps[i]) for i in labels_at])

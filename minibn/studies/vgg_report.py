@@ -14,7 +14,9 @@ figure numbers follow the paper's VGG panels as minibn reads them (docs/vgg.md):
     fig11_gradpred_vs_eta                E4: ||grad L(w - eta' g) - g|| against eta', coloured by step
 
 Layer numbers count conv layers 1..n (docs/protocol.md §1); the paper's layer k of VGG-16's 13
-becomes layer round(k n / 13) of a net with n conv layers.
+becomes layer round(k n / 13) of a net with n conv layers. A study of several seeds draws, for
+every curve, the median over seeds with its min-max band (a histogram: the median density and
+its band); one seed draws its curves as they are.
 """
 
 import math
@@ -30,12 +32,19 @@ np = report.np
 
 # --- reading the results ----------------------------------------------------------
 
-def find(doc, variant, lr):
-    """The run of ``variant`` at ``lr`` (None when the study did not train it)."""
-    for run in doc["runs"].values():
-        if run["variant"] == variant and math.isclose(run["lr"], lr):
-            return run
-    return None
+def find_runs(doc, variant, lr):
+    """The runs of ``variant`` at ``lr``, one per seed in seed order (empty when the study did not
+    train it)."""
+    runs = [run for run in doc["runs"].values() if run["variant"] == variant and math.isclose(run["lr"], lr)]
+    return sorted(runs, key=lambda run: run.get("seed", 0))
+
+
+def aligned(runs, steps_of, values_of, missing=None):
+    """``(steps, curves)``: each run's curve over the longest run's steps, a shorter one (a seed
+    that diverged earlier) padded with ``missing`` (not drawn), for a median and band over seeds."""
+    steps = max((steps_of(run) for run in runs), key=len)
+    curves = [list(values_of(run)) for run in runs]
+    return steps, [c + [missing] * (len(steps) - len(c)) for c in curves]
 
 
 def scaled_layers(n, paper_layers):
@@ -119,9 +128,12 @@ def _acc_axes(ax, title):
     ax.set_ylim(0, 1)
 
 
-def _plot_acc(ax, run, key, label, color, style="-"):
-    if run and run.get(key):
-        ax.plot(run["eval_steps"], floats(run[key]), style, color=color, label=label, lw=1.3)
+def _plot_acc(ax, runs, key, label, color, style="-"):
+    """An accuracy curve: the median over seeds with its min-max band (one seed: its curve)."""
+    runs = [run for run in runs if run.get(key)]
+    if runs:
+        steps, curves = aligned(runs, lambda run: run["eval_steps"], lambda run: run[key])
+        report.line_with_band(ax, steps, curves, label, color, ls=style)
 
 
 def fig_accuracy(doc, path, variants, lrs, title):
@@ -130,16 +142,21 @@ def fig_accuracy(doc, path, variants, lrs, title):
     losses = []
     for v in variants:
         for lr, style in zip(lrs, styles):
-            run = find(doc, v, lr)
-            if run is None:
+            runs = find_runs(doc, v, lr)
+            if not runs:
                 continue
-            legend = f"{label(v)}, LR {lr:g}" + (f" (diverged at {run['diverged_at']})" if run["diverged_at"] is not None else "")
-            _plot_acc(axes[0, 0], run, "train_acc", legend, color(v), style)
-            _plot_acc(axes[0, 1], run, "test_acc", legend, color(v), style)
-            steps, loss = np.asarray(run["steps"]), report.drawable(run["loss"], log=True)
+            legend = report.diverged_label(f"{label(v)}, LR {lr:g}", runs)
+            _plot_acc(axes[0, 0], runs, "train_acc", legend, color(v), style)
+            _plot_acc(axes[0, 1], runs, "test_acc", legend, color(v), style)
+            steps, curves = aligned(runs, lambda run: run["steps"], lambda run: run["loss"])
+            curves = [report.drawable(c, log=True) for c in curves]
+            loss = report.median_band(curves)[0]
             axes[0, 2].plot(steps, loss, color=color(v), lw=0.3, alpha=0.25)
-            axes[0, 2].plot(steps, moving_average(loss), style, color=color(v), lw=1.2, label=legend)
-            report.mark_divergence(axes[0, 2], steps, loss, run["diverged_at"], color(v))
+            report.line_with_band(axes[0, 2], steps, [moving_average(c) for c in curves], legend, color(v), log=True,
+                                  ls=style, lw=1.2)
+            for run in runs:
+                report.mark_divergence(axes[0, 2], run["steps"], report.drawable(run["loss"], log=True),
+                                       run["diverged_at"], color(v))
             losses.append(loss)
     _acc_axes(axes[0, 0], f"{title}: training accuracy (eval mode)")
     _acc_axes(axes[0, 1], f"{title}: test accuracy")
@@ -155,14 +172,10 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
     fig, axes = report.new_figure(1, len(layers))
     for ax, layer in zip(axes[0], layers):
         for v in variants:
-            run = find(doc, v, lr)
-            if run is None:
-                continue
-            x = report.drawable(samples(run, layer, arrays, run_name_of(doc, run))[-1])
-            x = x[np.isfinite(x)]
-            if x.size:
-                ax.hist(x, bins=report.histogram_edges(x, 50, trim=0), density=True, histtype="step", color=color(v),
-                        label=label(v), lw=1.2)
+            runs = find_runs(doc, v, lr)
+            last = [samples(run, layer, arrays, run_name_of(doc, run))[-1] for run in runs]
+            if last:
+                report.histogram_with_band(ax, stack_ragged(last), label(v), color(v))
         ax.set_title(f"conv layer {layer}: pre-activations at the last step")
         ax.set_xlabel("value")
         ax.legend(fontsize=7)
@@ -171,15 +184,16 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
 
 def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
     layers = scaled_layers(n_conv(doc), paper_layers)
-    present = [v for v in variants if find(doc, v, lr)]
+    present = [v for v in variants if find_runs(doc, v, lr)]
     fig, axes = report.new_figure(max(1, len(present)), len(layers), width=3.6, height=3.0)
     for row, v in enumerate(present):
-        run = find(doc, v, lr)
-        steps = run["moments"]["steps"]
+        runs = find_runs(doc, v, lr)
         for col, layer in enumerate(layers):
             ax = axes[row, col]
-            rows = samples(run, layer, arrays, run_name_of(doc, run))
-            report.ridge(ax, list(rows), steps, color=color(v), bins=25)
+            # per measured step, one row of samples per seed (a seed that diverged earlier: none)
+            steps, by_seed = aligned(runs, lambda run: run["moments"]["steps"],
+                                     lambda run: list(samples(run, layer, arrays, run_name_of(doc, run))), [])
+            report.ridge(ax, [stack_ragged(rows) for rows in zip(*by_seed)], steps, color=color(v), bins=25)
             ax.set_title(f"{label(v)}, layer {layer}", fontsize=9)
     report.save(fig, path)
 
@@ -190,18 +204,15 @@ def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
     fig, axes = report.new_figure(1 + 2 * len(layers), len(lrs), width=4.4, height=2.6)
     for col, lr in enumerate(lrs):
         for v in ("standard", "batchnorm"):
-            run = find(doc, v, lr)
-            if run is None:
-                continue
-            _plot_acc(axes[0, col], run, "train_acc", label(v), color(v))
-            ic = run.get("ics")
-            if not ic:
-                continue
+            runs = find_runs(doc, v, lr)
+            _plot_acc(axes[0, col], runs, "train_acc", label(v), color(v))
+            runs = [run for run in runs if run.get("ics")]
             for k, layer in enumerate(layers):
-                l2 = report.drawable([row[layer - 1] for row in ic["l2"]], log=True)
-                cos = report.drawable([row[layer - 1] for row in ic["cos"]])
-                axes[1 + k, col].plot(ic["steps"], l2, color=color(v), label=label(v))
-                axes[1 + len(layers) + k, col].plot(ic["steps"], cos, color=color(v), label=label(v))
+                for ax, key in ((axes[1 + k, col], "l2"), (axes[1 + len(layers) + k, col], "cos")):
+                    if runs:
+                        steps, curves = aligned(runs, lambda run: run["ics"]["steps"],
+                                                lambda run: [row[layer - 1] for row in run["ics"][key]])
+                        report.line_with_band(ax, steps, curves, label(v), color(v), log=key == "l2", lw=1.5)
         _acc_axes(axes[0, col], f"LR {lr:g}: training accuracy")
         axes[0, col].legend(fontsize=7)
         for k, layer in enumerate(layers):
@@ -214,16 +225,26 @@ def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
     report.save(fig, path)
 
 
+def landscape_curves(runs, key):
+    return aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"][key])
+
+
 def fig_landscape(doc, path, variants, lr):
     fig, axes = report.new_figure(1, 3)
     for v in variants:
-        run = find(doc, v, lr)
-        ls = run and run.get("landscape")
-        if not ls:
+        runs = [run for run in find_runs(doc, v, lr) if run.get("landscape")]
+        if not runs:
             continue
-        report.range_band(axes[0, 0], ls["steps"], ls["loss_min"], ls["loss_max"], label(v), color(v))
-        report.range_band(axes[0, 1], ls["steps"], ls["gradpred_min"], ls["gradpred_max"], label(v), color(v))
-        axes[0, 2].plot(ls["steps"], report.drawable(ls["beta_eff"], log=True), color=color(v), label=label(v))
+        # a run's band is its range over the eta' grid: several seeds draw the median of each edge,
+        # and dotted lines at the lowest low edge and the highest high edge over seeds
+        for ax, low, high in ((axes[0, 0], "loss_min", "loss_max"), (axes[0, 1], "gradpred_min", "gradpred_max")):
+            (steps, lows), (_, highs) = landscape_curves(runs, low), landscape_curves(runs, high)
+            (lo, lo_min, _), (hi, _, hi_max) = report.median_band(lows), report.median_band(highs)
+            report.range_band(ax, steps, lo, hi, label(v), color(v))
+            if len(runs) > 1:
+                ax.plot(steps, report.drawable(lo_min, log=True), ":", color=color(v), lw=0.8)
+                ax.plot(steps, report.drawable(hi_max, log=True), ":", color=color(v), lw=0.8)
+        report.line_with_band(axes[0, 2], *landscape_curves(runs, "beta_eff"), label(v), color(v), log=True, lw=1.5)
     axes[0, 0].set_title(f"loss variation along the gradient (LR {lr:g})")
     axes[0, 1].set_title("gradient predictiveness ||∇L(w-η'g) - g||")
     axes[0, 2].set_title("effective β-smoothness")
@@ -237,15 +258,16 @@ def fig_landscape(doc, path, variants, lr):
 def fig_gradpred_vs_eta(doc, path, lr):
     import matplotlib.cm as cm
 
-    runs = [(v, find(doc, v, lr)) for v in ("standard", "batchnorm")]
-    runs = [(v, r) for v, r in runs if r and r.get("landscape")]
-    fig, axes = report.new_figure(1, max(1, len(runs)))
-    for ax, (v, run) in zip(axes[0], runs):
-        ls = run["landscape"]
-        steps = ls["steps"]
-        for s, diffs in zip(steps, ls["grad_diff"]):
-            ax.plot(ls["eta"], report.drawable(diffs, log=True), "o-", ms=2, lw=0.8,
-                    color=cm.viridis(s / max(1, steps[-1])))
+    panels = [(v, [run for run in find_runs(doc, v, lr) if run.get("landscape")]) for v in ("standard", "batchnorm")]
+    panels = [(v, runs) for v, runs in panels if runs]
+    fig, axes = report.new_figure(1, max(1, len(panels)))
+    for ax, (v, runs) in zip(axes[0], panels):
+        ls = runs[0]["landscape"]
+        steps, by_seed = aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"]["grad_diff"],
+                                 [None] * len(ls["eta"]))
+        for s, diffs in zip(steps, zip(*by_seed)):
+            report.line_with_band(ax, ls["eta"], diffs, None, cm.viridis(s / max(1, steps[-1])), log=True,
+                                  marker="o", ms=2, lw=0.8)
         ax.set_xscale("log")
         report.log_scale(ax, *(line.get_ydata() for line in ax.get_lines()))
         ax.set_xticks(ls["eta"], [f"{e:g}" for e in ls["eta"]])
@@ -259,14 +281,14 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
     layers = scaled_layers(n_conv(doc), paper_layers)
     fig, axes = report.new_figure(2, len(layers))
     for v in variants:
-        run = find(doc, v, lr)
-        if run is None:
+        runs = find_runs(doc, v, lr)
+        if not runs:
             continue
-        steps = run["moments"]["steps"]
         for col, layer in enumerate(layers):
-            rec = moment_series(run, layer)
-            axes[0, col].plot(steps, report.drawable(rec["mean_change"], log=True), color=color(v), label=label(v))
-            axes[1, col].plot(steps, report.drawable(rec["var_change"], log=True), color=color(v), label=label(v))
+            for row, key in enumerate(("mean_change", "var_change")):
+                steps, curves = aligned(runs, lambda run: run["moments"]["steps"],
+                                        lambda run: moment_series(run, layer)[key])
+                report.line_with_band(axes[row, col], steps, curves, label(v), color(v), log=True, lw=1.5)
     for col, layer in enumerate(layers):
         axes[0, col].set_title(f"layer {layer}: mean over units of |Δμ|", fontsize=9)
         axes[1, col].set_title(f"layer {layer}: mean over units of |Δσ²|", fontsize=9)
@@ -404,8 +426,7 @@ NEEDS_ARRAYS = (fig_histograms, fig_ridges)
 
 def main(argv=None):
     """``python -m minibn.studies.vgg_report DIR``: rebuild DIR's figures and report.md from its results."""
-    out = common.report_folder("minibn.studies.vgg_report", argv)
-    doc, stored = common.read_results(out)
+    out, doc, stored = common.report_input("minibn.studies.vgg_report", argv)
     write_figures_and_report(out, doc, {k.replace(NPZ_SEP, "/"): v for k, v in stored.items()})
     print(os.path.join(out, "report.md"))
     return 0
