@@ -190,6 +190,26 @@ def rules_text(records):
     return lines
 
 
+#: How the docs name what a report fills into a rule's quantity (the study's settings).
+DOC_SETTINGS = {"lr": "`lr`", "lr_high": "`lr_high`", "lr_low": "`lr_low`",
+                "layers_moments": "(the paper's layers 2, 9, 13, scaled to the net)",
+                "layers_ics": "(the paper's layers 5 and 10, scaled)", "layers_shape": "(the paper's layers 3 and 11, scaled)",
+                "layers": "9 and 17 (scaled on a shallower net)"}
+
+
+def rules_reference(rules):
+    """Markdown of every rule of ``rules`` (:data:`VGG_RULES` or :data:`DLN_RULES`) for the docs:
+    id, statement, the paper's value, the quantity measured and the rule. docs/vgg.md and
+    docs/dln.md hold this text verbatim (tests/test_claims.py checks it), so the docs state the
+    rules the code applies."""
+    lines = []
+    for claim_id, (statement, paper, quantity, rule) in rules.items():
+        lines += [f"- `{claim_id}`: {statement}. Paper: {paper}.",
+                  f"  Measured: {quantity.format(**DOC_SETTINGS)}.",
+                  f"  Rule: {rule}."]
+    return "\n".join(lines)
+
+
 # --- reading runs -------------------------------------------------------------------------
 
 def at(values, idx):
