@@ -1,11 +1,14 @@
-"""What every study shares: option checks, the output folder and resume, the worker pool,
-the record of the machine, and reading a results folder back for its report."""
+"""What every study shares: option checks, the output folder and resume, where the runs go
+(a local worker pool or Dask: :func:`run_tasks`), the record of the machine, and reading a
+results folder back for its report."""
 
 import argparse
+import functools
 import os
 import platform
 import sys
 import traceback
+import uuid
 
 from minibn import backend, io
 
@@ -20,7 +23,17 @@ def add_options(parser, default_out, resume=True, jobs=True):
     if jobs:
         parser.add_argument("--jobs", type=int, default=None,
                             help="runs trained at once in worker processes, one BLAS thread each "
-                                 "[numpy: min(2, cores); cupy: 1]")
+                                 "[numpy: min(2, cores); cupy: 1; --executor dask: one per core, or per GPU on cupy]")
+        parser.add_argument("--executor", default="local", choices=EXECUTORS,
+                            help="local: a process pool on this machine; dask: one Dask task per run, on the cluster "
+                                 "of --scheduler or on a local one of --jobs workers (docs/distributed.md) [local]")
+        parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                            help="with --executor dask: a running Dask scheduler (tcp://HOST:8786), whose workers "
+                                 "share --out; its workers decide how many runs train at once [a local cluster]")
+
+
+#: Where a study's runs go (:func:`run_tasks`).
+EXECUTORS = ("local", "dask")
 
 
 def default_jobs(backend_name="numpy"):
@@ -31,10 +44,11 @@ def default_jobs(backend_name="numpy"):
     return 1 if backend_name == "cupy" else min(2, os.cpu_count() or 1)
 
 
-def check_jobs(jobs, backend_name="numpy"):
-    """``jobs`` checked (ValueError naming --jobs), or the backend's default when it is None."""
+def check_jobs(jobs, backend_name="numpy", executor="local"):
+    """``jobs`` checked (ValueError naming --jobs), or the backend's default when it is None (None
+    with the Dask executor: its local cluster sizes itself to the machine)."""
     if jobs is None:
-        return default_jobs(backend_name)
+        return None if executor == "dask" else default_jobs(backend_name)
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     return int(jobs)
@@ -172,6 +186,137 @@ def in_workers(fn, items, workers):
                 os.environ.pop(k, None)
     pool.close()
     pool.join()
+
+
+def check_executor(executor, scheduler, backend_name="numpy"):
+    """Raise ValueError naming the option, before any work, when the runs cannot go where asked:
+    --scheduler without --executor dask, Dask not installed, dask-cuda missing for a local GPU
+    cluster, or no scheduler answering at ``scheduler`` within Dask's connect timeout
+    (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local":
+        if scheduler is not None:
+            raise ValueError(f"--scheduler {scheduler} needs --executor dask")
+        return
+    distributed = _import_distributed()
+    if scheduler is None:
+        if backend_name == "cupy":
+            _import_local_cuda_cluster()
+        return
+    try:
+        client = distributed.Client(scheduler)
+    except (OSError, ValueError, TypeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"--scheduler {scheduler}: no Dask scheduler answered ({reason})") from None
+    client.close()
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError as err:
+        raise ValueError(f"--executor dask needs Dask's distributed scheduler, which is not installed ({err}): "
+                         f"pip install 'minibn[dask]'") from None
+    return distributed
+
+
+def _import_local_cuda_cluster():
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as err:
+        raise ValueError(f"--executor dask on --backend cupy starts one worker per GPU with dask-cuda, which is not "
+                         f"installed ({err}): pip install dask-cuda, or give --scheduler of a cluster you "
+                         f"started") from None
+    return LocalCUDACluster
+
+
+def describe_executor(executor, jobs, scheduler):
+    """Where the runs go, for a study's opening line."""
+    if executor == "local":
+        return f"{jobs} at a time"
+    if scheduler:
+        return f"as Dask tasks on the scheduler at {scheduler}"
+    return f"as Dask tasks on a local cluster of {jobs or 'one worker per core (per GPU on cupy)'} worker(s)"
+
+
+def run_tasks(fn, items, executor="local", workers=None, scheduler=None, backend_name="numpy"):
+    """Yield ``(item, fn(item))`` as each run finishes, in :func:`in_workers` (``executor="local"``)
+    or as Dask tasks (:func:`in_dask`). An item is one run: a dict with at least ``name``, ``out``
+    and ``resume``, whose folder is ``out/runs/name``."""
+    if executor == "dask":
+        yield from in_dask(fn, items, workers, scheduler, backend_name)
+    else:
+        yield from in_workers(fn, items, workers)
+
+
+def in_dask(fn, items, workers=None, scheduler=None, backend_name="numpy"):
+    """Yield ``(item, fn(item))`` as each finishes, each item one Dask task: on the cluster of the
+    scheduler at ``scheduler``, or on a local one started here and closed at the end
+    (:func:`local_cluster`). Every worker must see ``item["out"]`` (made absolute: a remote worker
+    starts in another folder). A task whose worker dies is started again by Dask and resumes from
+    the checkpoint its first attempt wrote (:func:`_restartable`); a run that fails, or that Dask
+    gives up on (``distributed.scheduler.allowed-failures`` workers died running it), yields a
+    :class:`Failure`. Ctrl-C cancels the tasks; a task already running on a remote worker runs
+    on to its end (Dask does not interrupt a running task) and writes its result as usual."""
+    distributed = _import_distributed()
+    cluster = None if scheduler else local_cluster(workers, backend_name)
+    client = distributed.Client(scheduler or cluster)
+    submission = uuid.uuid4().hex
+    index = {}
+    try:
+        for i, item in enumerate(items):
+            task = {**item, "out": os.path.abspath(item["out"])}
+            future = client.submit(_guarded, functools.partial(_restartable, fn, submission), task,
+                                   key=f"minibn-{item['name']}-{submission}")
+            index[future] = i
+        for future in distributed.as_completed(list(index)):
+            try:
+                result = future.result()
+            except Exception as err:  # the task never raises (_guarded): Dask gave it up (KilledWorker)
+                result = Failure(err)
+            yield items[index[future]], result
+    except BaseException:
+        client.cancel(list(index))
+        raise
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def local_cluster(workers=None, backend_name="numpy"):
+    """A Dask cluster on this machine, on the loopback interface, without a dashboard: ``workers``
+    worker processes (None: one per core) of one thread each, BLAS threads as :func:`in_workers`
+    sets them; on CuPy one worker per GPU (``workers``: the first that many), each pinned to its
+    device by dask-cuda."""
+    if backend_name == "cupy":
+        return _import_local_cuda_cluster()(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
+                                            dashboard_address=None)
+    import distributed
+
+    blas = {k: os.environ.get(k) or "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address=None, env=blas)
+
+
+def _restartable(fn, submission, item):
+    """``fn(item)`` in a task Dask may start twice: when the worker running it dies, Dask starts it
+    again on another. The run's folder records which submission last started it (attempt.json:
+    submission, attempt, host, pid); a task finding its own submission there resumes from the
+    checkpoint its earlier attempt wrote, where a study started anew without --resume would not
+    trust a checkpoint it finds."""
+    folder = os.path.join(item["out"], "runs", item["name"])
+    marker = os.path.join(folder, "attempt.json")
+    try:
+        last = io.read_json(marker)
+    except (OSError, io.DamagedFile):
+        last = {}
+    again = last.get("submission") == submission
+    os.makedirs(folder, exist_ok=True)
+    io.write_json(marker, {"submission": submission, "attempt": last["attempt"] + 1 if again else 1,
+                           "host": platform.node(), "pid": os.getpid()})
+    return fn({**item, "resume": True} if again else item)
 
 
 def resume_command(command):

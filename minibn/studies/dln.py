@@ -2,13 +2,14 @@
 
     python -m minibn.studies.dln [--backend numpy|cupy] [--preset smoke|paper] [--out DIR]
                                  [--seed N] [--seeds K] [--resume] [--variants ...] [--lr ...]
-                                 [--steps N] [--jobs N]
+                                 [--steps N] [--jobs N] [--executor local|dask] [--scheduler ADDRESS]
 
 Each run trains a 25-layer 10x10 linear network (optionally normalized after each of
 the first 24 layers) by full-batch gradient descent on summed squared error, with
 internal covariate shift, the landscape probes along the gradient and activation
 moments measured every 100 steps. Runs are independent, resumable, and run in
-``--jobs`` worker processes. The study writes DIR/results.json (+ results.npz),
+``--jobs`` worker processes, or as Dask tasks across machines (``--executor dask``,
+docs/distributed.md). The study writes DIR/results.json (+ results.npz),
 the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`). From Python,
 :func:`run` does the same and returns the results (docs/studies.md).
 """
@@ -153,12 +154,13 @@ def parse_args(argv=None):
 def validate(args):
     """Every option checked before any work starts."""
     args.variants, args.lr = common.unique(args.variants), common.unique(args.lr)
-    args.jobs = common.check_jobs(args.jobs, args.backend)
+    args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
     if args.variants:
         unknown = [v for v in args.variants if v not in normalization.REGISTRY]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {list(normalization.REGISTRY)}")
-        stranded = [v for v in args.variants if args.jobs > 1 and not _workers_can_import(normalization.get(v).module)]
+        in_workers = args.executor == "dask" or args.jobs > 1
+        stranded = [v for v in args.variants if in_workers and not _workers_can_import(normalization.get(v).module)]
         if stranded:
             raise ValueError(f"variant(s) {stranded} were registered where worker processes cannot import them "
                              f"(an interactive session); pass jobs=1, or register them in an importable module")
@@ -172,6 +174,7 @@ def validate(args):
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     common.check_seed(args.seed)
     common.check_backend(args.backend)
+    common.check_executor(args.executor, args.scheduler, args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
 
@@ -202,13 +205,15 @@ def build_config(args):
 
 
 def run(out=None, *, preset="paper", variants=None, lr=None, steps=None, seed=0, seeds=1, backend="numpy",
-        resume=False, jobs=1, report=True, command=None):
+        resume=False, jobs=1, executor="local", scheduler=None, report=True, command=None):
     """Run the study (the command line's options as arguments) and return what results.json holds.
 
     A bad option raises ValueError before any work starts. Writes into ``out`` as the command
-    line does (``report=False``: results only, as ``--no-report``)."""
+    line does (``report=False``: results only, as ``--no-report``; ``executor="dask"`` with
+    ``jobs=None``: a local cluster sized to the machine)."""
     args = argparse.Namespace(out=out, preset=preset, variants=variants, lr=lr, steps=steps, seed=seed, seeds=seeds,
-                              backend=backend, resume=resume, jobs=jobs, no_report=not report)
+                              backend=backend, resume=resume, jobs=jobs, executor=executor, scheduler=scheduler,
+                              no_report=not report)
     validate(args)
     return run_validated(args, command or f"minibn.studies.dln.run(out={args.out!r}, preset={preset!r}, ...)")
 
@@ -222,9 +227,9 @@ def run_validated(args, command):
               "resume": args.resume, "module": normalization.get(v).module}
              for s in cfg["seeds"] for v, lr in cfg["runs"]]
     print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
-          f"{args.jobs} at a time -> {args.out}", flush=True)
+          f"{common.describe_executor(args.executor, args.jobs, args.scheduler)} -> {args.out}", flush=True)
     started = time.perf_counter()
-    results = run_all(specs, args.jobs)
+    results = run_all(specs, args.jobs, args.executor, args.scheduler)
     common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
     total = time.perf_counter() - started
     from minibn.studies import dln_report
@@ -244,8 +249,9 @@ def main(argv=None):
     return common.main_guard(lambda: run_validated(args, command), args.out, command)
 
 
-def run_all(specs, jobs):
-    """Runs in ``jobs`` worker processes (spawned with one BLAS thread each); longest-first."""
+def run_all(specs, jobs, executor="local", scheduler=None):
+    """Runs in ``jobs`` worker processes (spawned with one BLAS thread each), or as Dask tasks
+    (:func:`minibn.studies.common.run_tasks`); longest-first."""
     from tqdm.auto import tqdm
 
     # Seed by seed, so an interrupted study leaves whole seeds; within a seed the normalized runs,
@@ -253,7 +259,8 @@ def run_all(specs, jobs):
     order = sorted(specs, key=lambda s: (s["seed"], s["variant"] == "standard"))
     results = {}
     bar = tqdm(total=len(order), desc="runs", disable=None)
-    for spec, result in common.in_workers(run_one, order, jobs):
+    backend_name = specs[0]["config"]["backend"] if specs else "numpy"
+    for spec, result in common.run_tasks(run_one, order, executor, jobs, scheduler, backend_name):
         results[spec["name"]] = result
         bar.update()
     bar.close()

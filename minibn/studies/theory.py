@@ -24,7 +24,9 @@ the results (docs/studies.md).
 
 There is no ``--resume``: the whole study takes one to two minutes on two cores, and its
 outcome is one tally over all instances, which a resumed study would have to checkpoint
-with every network's training for no saving worth the code.
+with every network's training for no saving worth the code. For the same reason it takes no
+``--jobs`` or ``--executor``: it is one process, not a set of independent runs to spread over
+workers or machines (docs/distributed.md).
 """
 
 import argparse

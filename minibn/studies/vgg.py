@@ -4,6 +4,7 @@
                                  [--experiments E1,E2,...] [--out DIR] [--data-dir DIR]
                                  [--seed N] [--seeds K] [--resume] [--jobs N] [--steps N]
                                  [--lr LR] [--lr-high LR] [--lr-low LR]
+                                 [--executor local|dask] [--scheduler ADDRESS]
 
 A run is one (variant, LR) configuration; an experiment names the runs it needs, and a
 run that serves several experiments is trained once:
@@ -22,7 +23,9 @@ the noise generators apart) and the same batches. ``--seeds K`` repeats every ru
 seeds seed, seed+1, ..., seed+K-1; runs are named by variant, LR and seed
 (``batchnorm_lr0.1_seed0``), so a resumed study may add seeds.
 
-The study writes DIR/runs/NAME/result.json per finished run (a resumed study keeps them),
+Runs train in ``--jobs`` worker processes, or as Dask tasks across machines sharing DIR
+(``--executor dask``, docs/distributed.md). The study writes DIR/runs/NAME/result.json per
+finished run (a resumed study keeps them),
 then DIR/results.json (+ results.npz with the activation samples), the figures and
 DIR/report.md (:mod:`minibn.studies.vgg_report`). From Python,
 :func:`run` does the same and returns the results (docs/studies.md).
@@ -210,7 +213,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
     p.add_argument("--only", default=None, metavar="RUN,...",
                    help="train only these runs of the plan (e.g. batchnorm_lr0.1_seed0), to split a study over several "
-                        "processes or machines sharing --out; a last --resume without --only writes the whole report")
+                        "processes or machines sharing --out by hand (--executor dask splits it for you); a last "
+                        "--resume without --only writes the whole report")
     p.add_argument("--lr", type=float, default=None, help="the base learning rate of every experiment [0.1]")
     p.add_argument("--lr-high", type=float, default=None, help="E1's large learning rate [0.5]")
     p.add_argument("--lr-low", type=float, default=None, help="E3's small learning rate [0.01]")
@@ -239,8 +243,9 @@ def validate(args):
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     common.check_seed(args.seed)
-    args.jobs = common.check_jobs(args.jobs, args.backend)
+    args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
     common.check_backend(args.backend)
+    common.check_executor(args.executor, args.scheduler, args.backend)
     try:
         args.data_dir = cifar10.locate(args.data_dir)
     except cifar10.CIFARDataError as err:
@@ -267,13 +272,15 @@ def build_config(args):
 
 
 def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="numpy", data_dir=None, seed=0,
-        seeds=1, resume=False, jobs=1, steps=None, only=None, lr=None, lr_high=None, lr_low=None, command=None):
+        seeds=1, resume=False, jobs=1, executor="local", scheduler=None, steps=None, only=None, lr=None, lr_high=None,
+        lr_low=None, command=None):
     """Run the study (the command line's options as arguments) and return what results.json holds.
 
     ``experiments`` and ``only`` take lists (or the command line's comma-separated strings); a bad
     option raises ValueError before any work starts. Writes into ``out`` as the command line does."""
     args = argparse.Namespace(out=out, preset=preset, experiments=experiments, backend=backend, data_dir=data_dir,
-                              seed=seed, seeds=seeds, resume=resume, jobs=jobs, steps=steps, only=only, lr=lr,
+                              seed=seed, seeds=seeds, resume=resume, jobs=jobs, executor=executor,
+                              scheduler=scheduler, steps=steps, only=only, lr=lr,
                               lr_high=lr_high, lr_low=lr_low)
     validate(args)
     return run_validated(args, command or f"minibn.studies.vgg.run(out={args.out!r}, preset={preset!r}, ...)")
@@ -289,9 +296,10 @@ def run_validated(args, command):
     jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume}
             for name, spec in runs.items()]
     print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}), seeds {cfg['seeds']}: {len(jobs)} runs of "
-          f"{cfg['steps']} steps on {args.backend}, {args.jobs} at a time -> {args.out}", flush=True)
+          f"{cfg['steps']} steps on {args.backend}, {common.describe_executor(args.executor, args.jobs, args.scheduler)}"
+          f" -> {args.out}", flush=True)
     started = time.perf_counter()
-    results = run_all(jobs, args.jobs)
+    results = run_all(jobs, args.jobs, args.executor, args.scheduler)
     common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
     from minibn.studies import vgg_report
 
@@ -311,15 +319,17 @@ def main(argv=None):
     return common.main_guard(lambda: run_validated(args, command), args.out, command)
 
 
-def run_all(jobs, workers):
-    """Runs in ``workers`` processes (spawned, one BLAS thread each): seed by seed, so an interrupted
-    study leaves whole seeds, and within a seed the costliest first."""
+def run_all(jobs, workers, executor="local", scheduler=None):
+    """Runs in ``workers`` processes (spawned, one BLAS thread each), or as Dask tasks
+    (:func:`minibn.studies.common.run_tasks`): seed by seed, so an interrupted study leaves whole
+    seeds, and within a seed the costliest first."""
     cost = {"noisy": 3, "standard_noisy": 2}
     order = sorted(jobs, key=lambda j: (j["spec"]["seed"], -(cost.get(j["spec"]["variant"], 1) + 2 * j["spec"]["ics"])))
     results = {}
-    for job, result in common.in_workers(run_one, order, workers):
+    backend_name = jobs[0]["config"]["backend"] if jobs else "numpy"
+    for job, result in common.run_tasks(run_one, order, executor, workers, scheduler, backend_name):
         results[job["name"]] = result
-        if workers > 1:
+        if executor == "dask" or workers > 1:
             print(f"{'failed' if isinstance(result, common.Failure) else 'finished'} {job['name']} "
                   f"({len(results)}/{len(order)})", flush=True)
     return {job["name"]: results[job["name"]] for job in jobs}
