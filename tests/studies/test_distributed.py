@@ -188,3 +188,19 @@ def test_importing_the_studies_does_not_import_dask():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'dask_cuda')))")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert found == "[]"
+
+
+def test_the_options_are_on_the_run_studies_and_the_page_is_linked():
+    from minibn.studies import theory
+
+    for study in (dln, vgg):
+        text = subprocess.run([sys.executable, "-m", study.__name__, "--help"], capture_output=True, text=True,
+                              check=True).stdout
+        assert "--executor {local,dask}" in text and "--scheduler ADDRESS" in text, study.__name__
+    with pytest.raises(SystemExit):
+        theory.parse_args(["--executor", "dask"])  # one process: nothing to spread (its docstring says why)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert os.path.isfile(os.path.join(root, "docs", "distributed.md"))
+    for page in ("README.md", os.path.join("docs", "index.md")):
+        with open(os.path.join(root, page), encoding="utf-8") as f:
+            assert "distributed.md" in f.read(), page
