@@ -169,11 +169,18 @@ def measured_text(rec):
     return "; ".join(out)
 
 
+def verdict_text(record):
+    """The verdict in bold, its reasons, and on how many seeds the claim holds where the verdict
+    does not already count the seeds (a claim not judged holds on none: no count is given)."""
+    verdict = record["verdict"]
+    kind = keyword(verdict)
+    counted = not judged(verdict) or " seeds" in verdict
+    return f"**{kind}**{verdict[len(kind):]}" + ("" if counted else f"; reproduced on {record['holds_on']}")
+
+
 def summary_table(records):
     """The table a report opens with: claim, paper, measured (median and range over seeds), verdict."""
-    rows = [[f"`{r['id']}`: {r['statement']}", r["paper"], measured_text(r),
-             f"**{keyword(r['verdict'])}**{r['verdict'][len(keyword(r['verdict'])):]}; reproduced on {r['holds_on']}"]
-            for r in records]
+    rows = [[f"`{r['id']}`: {r['statement']}", r["paper"], measured_text(r), verdict_text(r)] for r in records]
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  a norm's bars must not split the cell
     return report.table(["claim", "the paper", "measured (median, range over seeds)", "verdict"],
                         [[cell(c) for c in row] for row in rows])

@@ -114,6 +114,12 @@ def test_claims_over_seeds_in_the_record():
     gap = rec["measured"]["over_seeds"]["train acc gap BN - standard, early mean"]
     assert gap == pytest.approx({"median": 0.2, "min": -0.1, "max": 0.2})
     assert [s["verdict"] for s in rec["seeds"]] == ["reproduced", "reproduced", "opposite"]
+    # the summary cell counts seeds once, and a claim not judged claims no seeds
+    assert claims.verdict_text(rec) == "**reproduced**: reproduced on 2, opposite on 1 of 3 seeds"
+    uniform = dict(rec, verdict="partly", holds_on="0 of 3 seeds (partly on 3)")
+    assert claims.verdict_text(uniform) == "**partly**; reproduced on 0 of 3 seeds (partly on 3)"
+    skipped = dict(rec, verdict="not judged: standard at LR 1 diverged at step 2", holds_on="0 of 1 seeds")
+    assert claims.verdict_text(skipped) == "**not judged**: standard at LR 1 diverged at step 2"
 
 
 # --- DLN -----------------------------------------------------------------------------------
