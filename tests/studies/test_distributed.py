@@ -14,11 +14,11 @@ import time
 
 import pytest
 
-distributed = pytest.importorskip("distributed", reason="the Dask tests need pip install 'minibn[dask]'")
+from minibn import backend, io
+from minibn.studies import common, dln, vgg
+from tests.data.test_cifar10 import make_folder
 
-from minibn import backend, io  # noqa: E402
-from minibn.studies import common, dln, vgg  # noqa: E402
-from tests.data.test_cifar10 import make_folder  # noqa: E402
+NEEDS_DASK = "the Dask tests need pip install 'minibn[dask]' (the test extra installs it)"
 
 TIMES = ("wall_s", "cpu_s")
 LONG = ["--preset", "smoke", "--lr", "1e-4", "--steps", "300", "--no-report"]
@@ -32,6 +32,7 @@ def runs_of(folder):
 
 @pytest.fixture(scope="module")
 def scheduler():
+    distributed = pytest.importorskip("distributed", reason=NEEDS_DASK)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         yield cluster.scheduler_address
@@ -100,6 +101,18 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint(scheduler, long_local,
     assert runs_of(out)[name] == long_local[name]
 
 
+def test_a_restarted_task_resumes_only_within_its_own_submission(tmp_path):
+    """What the killed worker's retry relies on: a second start of one submission's task trains with
+    resume=True; a new submission (a study started anew without --resume) does not."""
+    seen = []
+    item = {"name": "r", "out": str(tmp_path), "resume": False}
+    for submission in ("first", "first", "second"):
+        common._restartable(seen.append, submission, item)
+    assert [i["resume"] for i in seen] == [False, True, False]
+    marker = io.read_json(tmp_path / "runs" / "r" / "attempt.json")
+    assert marker["submission"] == "second" and marker["attempt"] == 1 and marker["pid"] == os.getpid()
+
+
 def test_ctrl_c_leaves_the_study_resumable_and_resume_trains_only_what_is_missing(scheduler, long_local, tmp_path):
     """Ctrl-C (SIGINT to the process group: the client and its local cluster) once a run has
     checkpointed: exit 130 naming --resume; --resume on Dask keeps every result written before
@@ -150,7 +163,7 @@ def test_dask_not_installed_is_a_clear_error_before_any_work(monkeypatch, tmp_pa
 
 
 def test_unreachable_scheduler_is_a_clear_error_before_any_work(tmp_path, capsys):
-    import dask
+    dask = pytest.importorskip("dask", reason=NEEDS_DASK)
 
     address = f"tcp://127.0.0.1:{_refused_port()}"
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
@@ -164,6 +177,7 @@ def test_scheduler_without_the_dask_executor_is_refused(tmp_path, capsys):
 
 
 def test_a_local_gpu_cluster_without_dask_cuda_names_its_install(monkeypatch):
+    pytest.importorskip("distributed", reason=NEEDS_DASK)
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
     with pytest.raises(ValueError, match=r"dask-cuda, which is not installed .*: pip install dask-cuda"):
         common.check_executor("dask", None, "cupy")
@@ -178,6 +192,7 @@ def test_cupy_on_dask_without_dask_cuda_fails_before_any_work(monkeypatch, tmp_p
         backend.get("cupy")
     except backend.BackendUnavailable as err:
         pytest.skip(str(err))
+    pytest.importorskip("distributed", reason=NEEDS_DASK)
     monkeypatch.setitem(sys.modules, "dask_cuda", None)
     line = _option_error(["--backend", "cupy", "--executor", "dask"], tmp_path, capsys)
     assert "pip install dask-cuda" in line
