@@ -2,8 +2,14 @@
 
 Both take ``norm``, the normalization inserted after each weight layer (before the
 ReLU in VGG): a name of :data:`minibn.nn.normalization.REGISTRY` ("standard" or None,
-"batchnorm", "noisy" (BN + Algorithm 1 noise), "standard_noisy" (the noise alone, for noise
-added to the standard net; also accepted as "noise"), "l1", "l2", "linf").
+"batchnorm", "batchnorm_noaffine", "noisy" (BN + Algorithm 1 noise), "standard_noisy" (the noise
+alone, for noise added to the standard net; also accepted as "noise"), "l1", "l2", "linf",
+"layernorm", "groupnorm", "weightnorm").
+A normalizer with ``reparametrize`` (WeightNorm) inserts no layer: each weight layer that a
+normalization would follow is built as usual (same initial weights) and replaced by
+``reparametrize(layer)`` (``WeightNorm(Dense(...))``, ``WeightNorm(Conv2d(...))``).
+``num_groups`` (GroupNorm's group count: an int, a function of the channel count, or None for
+:func:`minibn.nn.groupnorm.default_groups`) is passed on with the noise options.
 All randomness (weights, noise generators) comes from one seed or Generator.
 """
 
@@ -27,6 +33,16 @@ def make_norm(norm, num_features, rng, dtype, **noise):
     return normalization.get(norm).make(num_features, rng=rng, dtype=dtype, **noise)
 
 
+def normalized(norm, weight_layer, num_features, rng, dtype, **noise):
+    """``[weight layer, its normalization]`` for a weight layer of ``num_features`` outputs: one
+    item when the normalizer inserts nothing, the weight layer reparametrized when it does that."""
+    entry = normalization.get(norm)
+    if entry.reparametrize is not None:
+        weight_layer = entry.reparametrize(weight_layer)
+    layer = entry.make(num_features, rng=rng, dtype=dtype, **noise)
+    return [weight_layer] if layer is None else [weight_layer, layer]
+
+
 def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm_layers=None,
         rng=None, dtype="float64", init="glorot_uniform", **noise):
     """The deep linear network f(x) = W_depth ... W_1 x (rows are samples: y = x W_1 ... W_depth).
@@ -47,11 +63,8 @@ def dln(depth=25, width=10, in_features=None, out_features=None, norm=None, norm
     for i in range(depth):
         fan_in = d_in if i == 0 else width
         fan_out = d_out if i == depth - 1 else width
-        layers.append(nn.Dense(fan_in, fan_out, bias=False, rng=rng, dtype=dtype, init=init))
-        if i < norm_layers:
-            layer = make_norm(norm, fan_out, noise_rng, dtype, **noise)
-            if layer is not None:
-                layers.append(layer)
+        dense = nn.Dense(fan_in, fan_out, bias=False, rng=rng, dtype=dtype, init=init)
+        layers += normalized(norm, dense, fan_out, noise_rng, dtype, **noise) if i < norm_layers else [dense]
     return nn.Sequential(layers)
 
 
@@ -78,10 +91,8 @@ def vgg(config="vgg16", norm=None, width=1.0, num_classes=10, in_channels=3, inp
         if not isinstance(entry, int) or entry < 1:
             raise ValueError(f"vgg: config entries must be positive ints or 'M', got {entry!r}")
         out = max(1, int(round(entry * width)))
-        layers.append(nn.Conv2d(channels, out, 3, stride=1, padding=1, rng=rng, dtype=dtype, init=init))
-        layer = make_norm(norm, out, noise_rng, dtype, **noise)
-        if layer is not None:
-            layers.append(layer)
+        conv = nn.Conv2d(channels, out, 3, stride=1, padding=1, rng=rng, dtype=dtype, init=init)
+        layers += normalized(norm, conv, out, noise_rng, dtype, **noise)
         layers.append(nn.ReLU())
         channels = out
     layers.append(nn.Flatten())

@@ -140,8 +140,7 @@ def _same(a, b):
 
 def _build(make_layer, channels, rng):
     layer = make_layer(channels)
-    if layer.params and any(p.dtype != "float64" for p in layer.params.values()):
-        layer.astype("float64")
+    layer.astype("float64")  # also a layer without parameters may hold float constants (BatchNorm(affine=False))
     xp = backend.array_module(*layer.params.values()) if layer.params else np
     for p in layer.params.values():
         # away from the constructor's values (gamma = 1, beta = 0), where a backward that forgets

@@ -9,12 +9,15 @@ from minibn.nn.flatten import Flatten
 from minibn.nn.batchnorm import BatchNorm
 from minibn.nn.noisy import NoiseInjection, NoisyBatchNorm
 from minibn.nn.lpnorm import LpNorm
+from minibn.nn.layernorm import LayerNorm
+from minibn.nn.groupnorm import GroupNorm
+from minibn.nn.weightnorm import WeightNorm
 from minibn.nn.losses import check_labels, softmax_cross_entropy, squared_error
 from minibn.nn.init import glorot_normal, glorot_uniform
 
 __all__ = [
     "MODES", "Layer", "LayerError", "Sequential",
     "Dense", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "BatchNorm",
-    "NoisyBatchNorm", "NoiseInjection", "LpNorm",
+    "NoisyBatchNorm", "NoiseInjection", "LpNorm", "LayerNorm", "GroupNorm", "WeightNorm",
     "check_labels", "softmax_cross_entropy", "squared_error", "glorot_normal", "glorot_uniform",
 ]

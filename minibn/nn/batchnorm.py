@@ -164,14 +164,16 @@ def backward_eval(dy, cache):
 
 
 class BatchNorm(AffineNorm):
-    """``BatchNorm(num_features, eps=1e-5, momentum=0.1)``: params ``"gamma"`` (=1), ``"beta"`` (=0).
+    """``BatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True)``: params ``"gamma"`` (=1),
+    ``"beta"`` (=0); with ``affine=False`` none, y = x_hat (gamma = 1 and beta = 0 held constant,
+    the theory's case of Section 4; registered as "batchnorm_noaffine").
 
     State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
     """
 
     def _forward(self, x, mode):
         self._check(x, mode)
-        gamma, beta = self.params["gamma"], self.params["beta"]
+        gamma, beta = self.gamma_beta()
         if mode == "eval":
             return forward_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
         y, cache = forward_inplace(x, gamma, beta, self.eps)
@@ -180,9 +182,10 @@ class BatchNorm(AffineNorm):
         return y, cache
 
     def _backward(self, dy, cache):
-        if isinstance(cache, EvalCache):
-            return backward_eval(dy, cache)
-        return backward_inplace(dy, cache)
+        dx, grads = backward_eval(dy, cache) if isinstance(cache, EvalCache) else backward_inplace(dy, cache)
+        return dx, grads if self.affine else {}
 
 
 register("batchnorm", "BatchNorm", "C1", lambda num_features, *, dtype, **_: BatchNorm(num_features, dtype=dtype))
+register("batchnorm_noaffine", "BatchNorm without gamma, beta", "C7",
+         lambda num_features, *, dtype, **_: BatchNorm(num_features, affine=False, dtype=dtype))

@@ -5,8 +5,11 @@ parameters ``gamma`` and ``beta``, the running buffers and their update, the inp
 and the pooled view. A normalizer computes its statistics over a 2-D view of its input
 whose columns each share one statistic; for the per-channel normalizers (BatchNorm,
 LpNorm) that is :func:`channel_rows`, the (m, C) view of a channels-last array, and
-:func:`column_sums` reduces it. A normalizer that pools over other axes (LayerNorm,
-GroupNorm) sets its own ``pooled_view`` on the frame.
+:func:`column_sums` reduces it. The per-sample normalizers (GroupNorm, and LayerNorm, its one-group
+case) pool each sample's group of channels over all positions: :func:`sample_groups` is the
+(N, S, G, C/G) view they compute on, :func:`group_columns` the same pooling as (m, N*G) columns
+(their ``pooled_view``). A frame without running buffers (``buffers = ()``) has no state: its
+train, eval and probe modes are one map.
 
 The registry is the one list the rest of minibn derives from: the models' ``norm=``
 argument, the studies' accepted variants, and the figures' labels and colours. A layer
@@ -16,7 +19,7 @@ and its tests, and nothing else.
 
 >>> from minibn import nn
 >>> list(nn.normalization.REGISTRY)
-['standard', 'batchnorm', 'noisy', 'standard_noisy', 'l1', 'l2', 'linf']
+['standard', 'batchnorm', 'batchnorm_noaffine', 'noisy', 'standard_noisy', 'l1', 'l2', 'linf', 'groupnorm', 'layernorm', 'weightnorm']
 >>> nn.normalization.get("l2").label
 'L2 norm'
 """
@@ -45,6 +48,19 @@ def column_sums(a2):
     return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
 
 
+def sample_groups(x, num_groups):
+    """x as (N, S, G, C/G): sample n's group g is ``[n, :, g, :]``, its S = H*W positions (1 for (N, C))
+    times its C/G channels. A view when x is contiguous; the caller checks that G divides C."""
+    return x.reshape(x.shape[0], -1, num_groups, x.shape[-1] // num_groups)
+
+
+def group_columns(x, num_groups):
+    """The per-sample normalizers' pooled view: (m, N*G), column n*G + g holding the m = S*C/G values
+    of sample n's group g (a copy; the layers themselves compute on :func:`sample_groups`)."""
+    groups = sample_groups(x, num_groups)
+    return groups.transpose(1, 3, 0, 2).reshape(-1, groups.shape[0] * num_groups)
+
+
 def running_average(running, batch, momentum, bessel_m=None):
     """The running statistic's train-mode update, (1 - momentum) running + momentum batch.
 
@@ -62,13 +78,16 @@ class AffineNorm(Layer):
     check of every mode.
 
     ``pooled_view`` is how the layer pools (:func:`channel_rows` here); the check that batch
-    statistics have at least 2 values to pool reads it.
+    statistics have at least 2 values to pool reads it. With ``affine=False`` there are no
+    parameters: the layer computes with gamma = 1, beta = 0 (the theory's constant case). A
+    subclass with ``buffers = ()`` keeps no running statistics (its statistics are the input's in
+    every mode); its constructor takes no ``momentum``.
     """
 
     buffers = ("running_mean", "running_var")
     pooled_view = staticmethod(channel_rows)
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, *, affine=True, dtype="float32", xp=None):
         super().__init__()
         name = type(self).__name__
         if int(num_features) != num_features or num_features < 1:
@@ -79,22 +98,41 @@ class AffineNorm(Layer):
             raise ValueError(f"{name}: momentum must lie in [0, 1], got {momentum!r}")
         xp = backend.get(xp or "numpy")
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
-        self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)
-        self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
-        mean, spread = self.buffers
-        setattr(self, mean, xp.zeros(self.num_features, dtype=dtype))
-        setattr(self, spread, xp.ones(self.num_features, dtype=dtype))
+        self.affine = bool(affine)
+        # without gamma and beta the dtype still has a home: the layer's (float) constants
+        self._constants = (xp.ones(1, dtype=dtype), xp.zeros(1, dtype=dtype))
+        if self.affine:
+            self.params["gamma"] = xp.ones(self.num_features, dtype=dtype)
+            self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
+        for buffer, initial in zip(self.buffers, (0.0, 1.0)):
+            setattr(self, buffer, xp.full(self.num_features, initial, dtype=dtype))
 
     def describe(self):
-        return f"{type(self).__name__}({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g})"
+        momentum = f", momentum={self.momentum:g}" if self.buffers else ""
+        affine = "" if self.affine else ", affine=False"
+        return f"{type(self).__name__}({self.num_features}, eps={self.eps:g}{momentum}{affine})"
+
+    def gamma_beta(self):
+        """``(gamma, beta)``: the parameters, or the constants 1 and 0 (shape (1,)) without affine."""
+        return (self.params["gamma"], self.params["beta"]) if self.affine else self._constants
+
+    def to(self, backend_name):
+        self._constants = tuple(backend.to_device(c, backend_name) for c in self._constants)
+        return super().to(backend_name)
+
+    def astype(self, dtype):
+        self._constants = tuple(c.astype(dtype) for c in self._constants)
+        return super().astype(dtype)
+
+    def _values_per_statistic(self, x):
+        return self.pooled_view(x).shape[0]
 
     def _check(self, x, mode):
-        check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self.params["gamma"].dtype)
-        if mode != "eval" and self.pooled_view(x).shape[0] < 2:
-            raise LayerError(
-                f"{self.describe()}: batch statistics need at least 2 values per channel, "
-                f"got input of shape {tuple(x.shape)}"
-            )
+        check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self._constants[0].dtype)
+        if (mode != "eval" or not self.buffers) and self._values_per_statistic(x) < 2:
+            pooled = "batch statistics need at least 2 values per channel" if self.buffers else \
+                "per-sample statistics need at least 2 values per sample and group"
+            raise LayerError(f"{self.describe()}: {pooled}, got input of shape {tuple(x.shape)}")
 
     def _update_running(self, mean, spread, bessel_m=None):
         """Train mode: move the running buffers towards the batch's ``mean`` and ``spread``
@@ -107,13 +145,16 @@ class AffineNorm(Layer):
 class Normalizer(NamedTuple):
     """A registered normalization: ``make(num_features, rng=..., dtype=..., **options)``
     returns the layer to insert after a weight layer (None: insert nothing). ``module`` is
-    the module whose import registers it: a study's worker process imports it (:func:`get`)."""
+    the module whose import registers it: a study's worker process imports it (:func:`get`).
+    ``reparametrize(weight_layer)``, when given, returns the layer that replaces each weight layer
+    a normalization would follow (WeightNorm: the weights reparametrized, nothing inserted)."""
 
     name: str
     label: str
     color: str
     make: Callable
     module: Optional[str] = None
+    reparametrize: Optional[Callable] = None
 
 
 REGISTRY = {}
@@ -122,18 +163,19 @@ REGISTRY = {}
 ALIASES = {None: "standard", "noise": "standard_noisy"}
 
 
-def register(name, label, color, make, *, module=None):
+def register(name, label, color, make, *, module=None, reparametrize=None):
     """Add a normalizer under ``name`` (a new name; re-registering one is an error).
 
     ``module`` (default: the module ``make`` is defined in) is what a study's worker process
     imports to find the normalizer, since a spawned process starts with only minibn's own
     (docs/your-own-layer.md). Register at the top level of that module, so importing it is enough.
+    ``reparametrize``: see :class:`Normalizer`.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register: a normalizer's name must be an identifier-like string, got {name!r}")
     if name in REGISTRY or name in ALIASES:
         raise ValueError(f"register: a normalizer named {name!r} is already registered")
-    REGISTRY[name] = Normalizer(name, label, color, make, module or getattr(make, "__module__", None))
+    REGISTRY[name] = Normalizer(name, label, color, make, module or getattr(make, "__module__", None), reparametrize)
     return REGISTRY[name]
 
 

@@ -102,8 +102,9 @@ def plan(cfg, experiments):
 
 
 def conv_layers(model):
-    """Model indices of the conv layers, in order (the paper's layer numbers 1, 2, ... count them)."""
-    return [i for i, layer in enumerate(model) if isinstance(layer, nn.Conv2d)]
+    """Model indices of the conv layers, in order (the paper's layer numbers 1, 2, ... count them); a
+    WeightNorm-reparametrized conv counts as the conv it wraps."""
+    return [i for i, layer in enumerate(model) if isinstance(getattr(layer, "layer", layer), nn.Conv2d)]
 
 
 def preactivation_layers(model):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minibn import backend, nn
-from minibn.nn import batchnorm
+from minibn.nn import batchnorm, normalization
 from minibn.testing import check_layer_property, layer_inputs
 
 FAST = settings(max_examples=15, deadline=None)
@@ -251,3 +251,31 @@ def test_same_results_on_every_backend(xp):
         results.append([backend.to_host(a) for a in (y, dx, layer.grads["gamma"], layer.running_var)])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# --- without gamma and beta (affine=False): the theory's constant case ----------------------------
+
+def test_without_affine_has_no_parameters_and_is_the_affine_layer_at_gamma_1_beta_0():
+    x = np.random.default_rng(7).normal(size=(5, 2, 2, 3)) * 2.0 + 1.0
+    dy = np.random.default_rng(8).normal(size=x.shape)
+    plain, affine = nn.BatchNorm(3, affine=False, dtype="float64"), nn.BatchNorm(3, dtype="float64")
+    assert plain.params == {} and "affine=False" in plain.describe()
+    for mode in ("train", "eval", "probe"):
+        np.testing.assert_array_equal(plain.forward(x, mode), affine.forward(x, mode))
+        np.testing.assert_array_equal(plain.backward(dy), affine.backward(dy))
+        assert plain.grads == {}
+    np.testing.assert_array_equal(plain.running_var, affine.running_var)
+    assert normalization.get("batchnorm_noaffine").make(3, rng=None, dtype="float32").affine is False
+
+
+def test_without_affine_backward_matches_gradcheck():
+    check_layer_property(lambda c: nn.BatchNorm(c, affine=False), ndim=(2, 4), modes=("train", "probe", "eval"),
+                         max_examples=10)
+
+
+def test_without_affine_keeps_its_dtype():
+    layer = nn.BatchNorm(2, affine=False)
+    with pytest.raises(nn.LayerError, match=r"BatchNorm\(2, .*affine=False\): x has dtype float64 but the layer's parameters are float32"):
+        layer.forward(np.zeros((3, 2)))
+    layer.astype("float64")
+    assert layer.forward(np.ones((3, 2))).dtype == np.float64

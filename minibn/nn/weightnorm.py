@@ -1,0 +1,103 @@
+"""Weight normalization (Salimans and Kingma, 2016): a Dense or Conv2d layer whose weight W is
+reparametrized per output unit as a length g times a direction v/||v||.
+
+The output unit is W's last axis (Dense W: (in, out), Conv2d W: (kh, kw, in, out)); with v2 =
+v.reshape(-1, out), column j holding unit j's weights:
+
+Forward, :func:`forward` (the wrapped layer then runs with this W):
+
+    inv_norm = 1 / ||v_j||             (per unit j: the Euclidean norm of column j of v2)
+    v_hat    = v * inv_norm
+    W        = g * v_hat
+
+Backward, given dW = dL/dW from the wrapped layer's backward (derived in
+docs/layers/weightnorm.md), :func:`backward`:
+
+    dg = sum over unit j's weights of dW * v_hat       ( = <dW_j, v_j> / ||v_j|| )
+    dv = (g * inv_norm) * (dW - v_hat * dg)             ( = (g/||v||)(dW - (<dW, v>/||v||^2) v) )
+
+so dv is orthogonal to v, and the loss is unchanged by v_j -> a v_j (a > 0) while dv scales as
+1/a: the scale invariance of docs/theory.md with v in place of the weights before a BN. There is
+no eps: a unit with v_j = 0 has no direction (its W and gradients are NaN).
+"""
+
+from typing import Any, NamedTuple
+
+from minibn import backend
+from minibn.nn.conv import Conv2d
+from minibn.nn.dense import Dense
+from minibn.nn.layer import Layer
+from minibn.nn.normalization import register
+
+
+class Cache(NamedTuple):
+    """What the backward needs: ``v_hat`` (v's shape), per-unit ``g`` and ``inv_norm``."""
+
+    v_hat: Any
+    g: Any
+    inv_norm: Any
+
+
+def forward(v, g):
+    """``(W, Cache)``: W = g * v / ||v|| per output unit (module docstring)."""
+    xp = backend.array_module(v)
+    v2 = v.reshape(-1, v.shape[-1])
+    inv_norm = 1.0 / xp.sqrt((v2 * v2).sum(axis=0))
+    v_hat = v * inv_norm
+    W = g * v_hat
+    return W, Cache(v_hat, g, inv_norm)
+
+
+def backward(dW, cache):
+    """``{"g": dg, "v": dv}`` for dW = dL/dW (module docstring)."""
+    v_hat, g, inv_norm = cache
+    dg = (dW * v_hat).reshape(-1, dW.shape[-1]).sum(axis=0)
+    dv = (g * inv_norm) * (dW - v_hat * dg)
+    return {"g": dg, "v": dv}
+
+
+class WeightNorm(Layer):
+    """``WeightNorm(layer)``: ``layer`` (a Dense or Conv2d) with its params ``"W"`` replaced by
+    ``"g"`` (out,) and ``"v"`` (W's shape), initialized to the layer's W (v = W, g = ||W_j||), so
+    the wrapped layer computes what it did; its bias ``"b"`` is kept. The layer runs its own
+    forward and backward (input checks included) with W = g v/||v||, and ``.layer`` is it.
+    It starts a parameter block, as the layer it wraps."""
+
+    starts_block = True
+
+    def __init__(self, layer):
+        super().__init__()
+        if not isinstance(layer, (Dense, Conv2d)) or "W" not in layer.params:
+            raise ValueError(f"WeightNorm: wraps a Dense or Conv2d layer, got {layer!r}")
+        W = layer.params["W"]
+        xp = backend.array_module(W)
+        W2 = W.reshape(-1, W.shape[-1])
+        self.params["g"] = xp.sqrt((W2 * W2).sum(axis=0))
+        self.params["v"] = W.copy()
+        if "b" in layer.params:
+            self.params["b"] = layer.params["b"]
+        layer.params = {}   # W is computed at every forward: the wrapped layer keeps no stale copy
+        self.layer = layer
+
+    def describe(self):
+        return f"WeightNorm({self.layer.describe()})"
+
+    def _inner_params(self, W):
+        return {"W": W, **({"b": self.params["b"]} if "b" in self.params else {})}
+
+    def _forward(self, x, mode):
+        W, wn_cache = forward(self.params["v"], self.params["g"])
+        self.layer.params = self._inner_params(W)
+        y, layer_cache = self.layer._forward(x, mode)
+        self.layer.params = {}
+        return y, (wn_cache, layer_cache)
+
+    def _backward(self, dy, cache):
+        wn_cache, layer_cache = cache
+        dx, grads = self.layer._backward(dy, layer_cache)
+        out = backward(grads.pop("W"), wn_cache)
+        return dx, {**out, **grads}
+
+
+register("weightnorm", "WeightNorm", "#b8860b", lambda num_features, **_: None,
+         reparametrize=WeightNorm)
