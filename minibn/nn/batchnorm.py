@@ -24,6 +24,17 @@ The layer trains with :func:`forward_inplace` and :func:`backward_inplace`: the 
 equations written to reuse the arrays they make (fewer fresh large arrays, which cost page
 faults on NumPy), held equal to the plain pair by the tests.
 
+Second order (docs/layers/batchnorm.md), tangents x_t, gamma_t, beta_t and dy_t of x, gamma,
+beta and dy, means (1/m) sum_i per channel, :func:`tangent_forward` and :func:`tangent_backward`:
+
+    inv_std_t = -inv_std^2 * mean(x_hat * x_t)
+    x_hat_t   = inv_std * (x_t - mean(x_t) - x_hat * mean(x_hat * x_t))
+    y_t       = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    dbeta_t   = sum_i dy_t_i
+    dgamma_t  = sum_i (dy_t_i * x_hat_i + dy_i * x_hat_t_i)
+    dx_t      = ((gamma_t * inv_std + gamma * inv_std_t) / m) * (m * dy - dbeta - x_hat * dgamma)
+              + (gamma * inv_std / m) * (m * dy_t - dbeta_t - x_hat_t * dgamma - x_hat * dgamma_t)
+
 Eval mode uses the running statistics instead, so it is an affine map per channel,
 :func:`forward_eval` and :func:`backward_eval`:
 
@@ -163,6 +174,46 @@ def backward_eval(dy, cache):
     return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
 
 
+class TangentCache(NamedTuple):
+    """What the tangent of the backward needs: (m, C) ``x_hat_t``; per-channel ``gamma_t``, ``inv_std_t``."""
+
+    x_hat_t: Any
+    gamma_t: Any
+    inv_std_t: Any
+
+
+def tangent_forward(x_t, gamma_t, beta_t, cache):
+    """``(y_t, TangentCache)`` at the point of ``cache`` (module docstring; eval mode: inv_std_t = 0)."""
+    x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
+    x_t2 = channel_rows(x_t)
+    if isinstance(cache, EvalCache):
+        x_hat_t, inv_std_t = x_t2 * inv_std, 0.0 * inv_std
+    else:
+        m = x_t2.shape[0]
+        projected = column_sums(x_hat * x_t2) * (1.0 / m)
+        inv_std_t = -inv_std * inv_std * projected
+        x_hat_t = inv_std * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * projected)
+    y_t = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    return y_t.reshape(x_t.shape), TangentCache(x_hat_t, gamma_t, inv_std_t)
+
+
+def tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (or of :func:`backward_eval`)."""
+    x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
+    x_hat_t, gamma_t, inv_std_t = tangent_cache
+    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    dbeta_t = column_sums(dy_t2)
+    dgamma_t = column_sums(dy_t2 * x_hat + dy2 * x_hat_t)
+    if isinstance(cache, EvalCache):   # dx = dy * gamma * inv_std
+        dx_t = (dy_t2 * gamma + dy2 * gamma_t) * inv_std
+    else:
+        m = dy2.shape[0]
+        dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
+        dx_t = ((gamma_t * inv_std + gamma * inv_std_t) / m) * (m * dy2 - dbeta - x_hat * dgamma) \
+            + (gamma * inv_std / m) * (m * dy_t2 - dbeta_t - x_hat_t * dgamma - x_hat * dgamma_t)
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+
+
 class BatchNorm(AffineNorm):
     """``BatchNorm(num_features, eps=1e-5, momentum=0.1, affine=True)``: params ``"gamma"`` (=1),
     ``"beta"`` (=0); with ``affine=False`` none, y = x_hat (gamma = 1 and beta = 0 held constant,
@@ -184,6 +235,14 @@ class BatchNorm(AffineNorm):
     def _backward(self, dy, cache):
         dx, grads = backward_eval(dy, cache) if isinstance(cache, EvalCache) else backward_inplace(dy, cache)
         return dx, grads if self.affine else {}
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        # without affine parameters, gamma and beta are constants: their tangents are 0
+        return tangent_forward(x_t, params_t.get("gamma", 0.0), params_t.get("beta", 0.0), cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        dx_t, grads_t = tangent_backward(dy, dy_t, cache, tangent_cache)
+        return dx_t, grads_t if self.params else {}
 
 
 register("batchnorm", "BatchNorm", "C1", lambda num_features, *, dtype, **_: BatchNorm(num_features, dtype=dtype))

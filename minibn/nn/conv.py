@@ -27,6 +27,13 @@ kernel (route "transposed"): on a zero grid dy_grid of shape (N, H + kh - 1, W +
     dx[n, h, w, c] = sum_{i, j, o} dy_grid[n, h + i, w + j, o] W_flip[i, j, o, c]
                    = (im2col(dy_grid) W_flip.reshape(kh*kw*O, C)).reshape(N, H, W, C)
 
+Second order (tangents along x_t, W_t, b_t; dy_t the tangent of dy): the conv is bilinear
+in (x, W), and so is its backward in ((x, W), dy), so
+
+    y_t            = conv(x_t, W) + conv(x, W_t) + b_t
+    (dx_t, dW_t)   = backward(dy_t) at (x, W)  +  backward(dy) at (x_t, W_t)
+    db_t           = sum of the rows of dy_t2
+
 docs/layers/conv.md derives both. Neither uses a scatter-add. ``dx_route="auto"`` takes
 "transposed" for stride 1 when C >= O (one GEMM, no slice-add passes; measured faster
 for 64->64 at 32x32) and "col2im" otherwise: with a stride the grid is mostly zeros, and
@@ -96,6 +103,25 @@ def backward(dy, cache, dx_route="auto"):
     return dx, grads
 
 
+def tangent_forward(x_t, W_t, b_t, cache):
+    """``(y_t, (x_t, W_t))``: y_t = conv(x_t, W) + conv(x, W_t) + b_t at the point of ``cache``."""
+    x, W, stride, padding, _ = cache
+    y_t = forward(x_t, W, b_t, stride, padding)[0]
+    y_t += forward(x, W_t, None, stride, padding)[0]
+    return y_t, (x_t, W_t)
+
+
+def tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, grads_t)``: backward of dy_t at (x, W) plus backward of dy at (x_t, W_t)."""
+    x, W, stride, padding, has_bias = cache
+    x_t, W_t = tangent_cache
+    dx_t, grads_t = backward(dy_t, cache)
+    dx_moved, grads_moved = backward(dy, (x_t, W_t, stride, padding, False))
+    dx_t += dx_moved
+    grads_t["W"] += grads_moved["W"]
+    return dx_t, grads_t
+
+
 def _dilate_and_pad(dy, size, kh, kw, stride, padding):
     """dy_grid of the docstring: dy spread out by the stride on a zero (N, H+kh-1, W+kw-1, O) grid."""
     xp = backend.array_module(dy)
@@ -151,3 +177,9 @@ class Conv2d(Layer):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        return tangent_forward(x_t, params_t["W"], params_t.get("b"), cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        return tangent_backward(dy, dy_t, cache, tangent_cache)

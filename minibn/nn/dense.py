@@ -9,6 +9,11 @@ Backward, given dy = dL/dy of shape (N, out):
     dW = x^T dy                    (sum over the batch of outer products)
     db = sum_n dy[n]
     dx = dy W^T
+
+Second order (tangents along x_t, W_t, b_t; dy_t the tangent of dy), bilinear:
+
+    y_t  = x_t W + x W_t + b_t
+    dW_t = x_t^T dy + x^T dy_t,    db_t = sum_n dy_t[n],    dx_t = dy_t W^T + dy W_t^T
 """
 
 from minibn import backend
@@ -29,6 +34,25 @@ def backward(dy, cache):
     if has_bias:
         grads["b"] = dy.sum(axis=0)
     return dy @ W.T, grads
+
+
+def tangent_forward(x_t, W_t, b_t, cache):
+    """``(y_t, (x_t, W_t))``: y_t = x_t W + x W_t + b_t, at the point of ``cache``."""
+    x, W, _ = cache
+    y_t = forward(x_t, W, b_t)[0]
+    y_t += x @ W_t
+    return y_t, (x_t, W_t)
+
+
+def tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, grads_t)``: backward is bilinear in ((x, W), dy), so its tangent is backward of
+    dy_t at (x, W) plus backward of dy at (x_t, W_t)."""
+    x_t, W_t = tangent_cache
+    dx_t, grads_t = backward(dy_t, cache)
+    dx_moved, grads_moved = backward(dy, (x_t, W_t, False))
+    dx_t += dx_moved
+    grads_t["W"] += grads_moved["W"]
+    return dx_t, grads_t
 
 
 class Dense(Layer):
@@ -56,3 +80,9 @@ class Dense(Layer):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        return tangent_forward(x_t, params_t["W"], params_t.get("b"), cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        return tangent_backward(dy, dy_t, cache, tangent_cache)

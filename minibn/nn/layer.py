@@ -169,6 +169,29 @@ class Layer:
     def _backward(self, dy, cache):
         raise NotImplementedError
 
+    # --- second order: Pearlmutter's R-operator (docs/layers/sequential.md) ------------
+    # At the point of the last forward, for a tangent x_t of the input and params_t of the
+    # parameters (a dict with every key), ``tangent_forward`` gives y_t, the directional
+    # derivative of the output; ``tangent_backward`` gives the directional derivative of
+    # (dx, grads) when dy moves along dy_t. Both read the forward cache and change nothing.
+    def tangent_forward(self, x_t, params_t):
+        """``(y_t, tangent_cache)``: the tangent of the output at the last forward's point."""
+        if self._cache is None:
+            raise LayerError(f"{self.describe()}: tangent_forward called before forward (nothing cached)")
+        return self._tangent_forward(x_t, params_t, self._cache)
+
+    def tangent_backward(self, dy, dy_t, tangent_cache):
+        """``(dx_t, grads_t)``: the tangent of backward's (dx, grads) for dy moving along dy_t."""
+        return self._tangent_backward(dy, dy_t, self._cache, tangent_cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        raise NotImplementedError(f"{self.describe()}: no exact second-order pass (tangent_forward) is "
+                                  f"implemented for this layer; use the Hessian tools' product='fd'")
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        raise NotImplementedError(f"{self.describe()}: no exact second-order pass (tangent_backward) is "
+                                  f"implemented for this layer; use the Hessian tools' product='fd'")
+
     # Non-parameter state: running statistics (the ``buffers``), noise generators.
     # Values are host copies, so a saved state is never aliased by later training.
     def state(self):
@@ -312,6 +335,48 @@ class Sequential(Layer):
         loss, dout = loss_fn(out, target)
         self.backward(dout)
         return loss
+
+    def hvp(self, loss_fn, x, target, v, mode="probe"):
+        """H v, the Hessian of ``loss_fn(self.forward(x, mode), target)`` in the flat parameters
+        times the flat vector v, exact (Pearlmutter's R-operator), as a new flat vector.
+
+        Forward, then the tangent of every layer's output along v (the input does not move),
+        the tangent of the loss gradient (:func:`minibn.nn.losses.loss_tangent`), then backward
+        and its tangent layer by layer; the parameter-gradient tangents are H v. Kinks (ReLU
+        masks, pooling argmaxes, Lp signs) stay as the forward found them: the Hessian of the
+        smooth piece the parameters sit in. Fills ``grads`` and the caches like
+        :meth:`value_and_grad`; the Hessian tools wrap it in a snapshot.
+        """
+        from minibn.nn.losses import loss_tangent  # losses import this module
+
+        tangent_of_loss = loss_tangent(loss_fn)
+        xp = self.xp
+        if not hasattr(v, "ndim") or v.ndim != 1 or v.size != self.num_params:
+            raise LayerError(f"{self.describe()}: hvp needs a 1-D vector of {self.num_params} values, "
+                             f"got {type(v).__name__} of shape {tuple(getattr(v, 'shape', ()))}")
+        out = self.forward(x, mode)
+        _, dout = loss_fn(out, target)
+        params_t, start = [], 0
+        for layer in self.layers:
+            tangents = {}
+            for key, p in layer.params.items():
+                tangents[key] = v[start:start + p.size].reshape(p.shape).astype(p.dtype, copy=False)
+                start += p.size
+            params_t.append(tangents)
+        x_t = xp.zeros_like(x)
+        tangent_caches = []
+        for layer, p_t in zip(self.layers, params_t):
+            x_t, tangent_cache = layer.tangent_forward(x_t, p_t)
+            tangent_caches.append(tangent_cache)
+        dy, dy_t = dout, tangent_of_loss(out, target, x_t)
+        grads_t = [None] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            dx = layer.backward(dy)
+            dy_t, grads_t[i] = layer.tangent_backward(dy, dy_t, tangent_caches[i])
+            dy = dx
+        parts = [grads_t[i][k].ravel() for i, k, _ in self.parameters()]
+        return xp.concatenate(parts) if parts else xp.zeros(0, dtype=v.dtype)
 
     # --- parameters: per layer, per block, flat ---------------------------------
     def parameters(self):

@@ -12,7 +12,15 @@ Squared error:
     "sum":  L = sum (pred - target)^2,               dL/dpred = 2 (pred - target)
     "mean": L = (1/K) sum (pred - target)^2,         dL/dpred = 2 (pred - target) / K
             (K = number of elements)
+
+Second order: the tangent of dpred when pred moves along pred_t (the target fixed),
+:func:`loss_tangent` finds it for a loss function:
+
+    softmax cross-entropy:  dz_t = p * (z_t - sum_k p_k z_t_k) / N        (row by row)
+    squared error:          dpred_t = 2 pred_t  ("sum"),   2 pred_t / K  ("mean")
 """
+
+import functools
 
 from minibn import backend
 from minibn.nn.layer import LayerError, check_input
@@ -76,3 +84,34 @@ def squared_error(pred, target, reduction="sum"):
         loss /= diff.size
         scale /= diff.size
     return loss, diff * scale
+
+
+def softmax_cross_entropy_tangent(logits, labels, logits_t):
+    """dz_t, the tangent of :func:`softmax_cross_entropy`'s dL/dz along logits_t (module docstring)."""
+    xp = backend.array_module(logits)
+    exp = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    p = exp / exp.sum(axis=1, keepdims=True)
+    return p * (logits_t - (p * logits_t).sum(axis=1, keepdims=True)) * (1.0 / logits.shape[0])
+
+
+def squared_error_tangent(pred, target, pred_t, reduction="sum"):
+    """dpred_t, the tangent of :func:`squared_error`'s dL/dpred along pred_t."""
+    return pred_t * (2.0 if reduction == "sum" else 2.0 / pred.size)
+
+
+TANGENTS = {softmax_cross_entropy: softmax_cross_entropy_tangent, squared_error: squared_error_tangent}
+
+
+def loss_tangent(loss_fn):
+    """``tangent(pred, target, pred_t)`` for one of minibn's losses, or a ``functools.partial`` of one
+    (its keywords carried over); a function with a ``tangent`` attribute supplies its own.
+    Anything else is a TypeError: the exact Hessian-vector product needs it."""
+    own = getattr(loss_fn, "tangent", None)
+    if own is not None:
+        return own
+    if isinstance(loss_fn, functools.partial) and loss_fn.func in TANGENTS and not loss_fn.args:
+        return functools.partial(TANGENTS[loss_fn.func], **loss_fn.keywords)
+    if loss_fn in TANGENTS:
+        return TANGENTS[loss_fn]
+    raise TypeError(f"exact Hessian-vector product: no tangent known for the loss {loss_fn!r}; give it a "
+                    f"'tangent(pred, target, pred_t)' attribute (the tangent of dL/dpred), or use product='fd'")

@@ -24,6 +24,19 @@ where dnorm = dN_p/dx (:func:`lp_norm_grad`) is
     p = inf:  dnorm_i = sign(x_i) if i is the first index of max_i |x_i|, else 0
               (at ties the first maximizer takes the whole subgradient)
 
+Second order (docs/layers/lpnorm.md), tangents x_t, gamma_t, beta_t, dy_t; signs and the
+maximizer of p = 1 and inf held fixed (the piece x is in), :func:`tangent_forward` and
+:func:`tangent_backward`:
+
+    norm_t     = sum_i dnorm_i * x_t_i
+    inv_norm_t = -inv_norm^2 * norm_t
+    x_hat_t    = inv_norm * (x_t - mean(x_t) - x_hat * norm_t)
+    y_t        = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    dnorm_t    = 0 (p = 1, inf);   (x_t - x * norm_t / norm) / (m * norm)  (p = 2; 0 where norm = 0)
+    dbeta_t    = sum_i dy_t_i,     dgamma_t = sum_i (dy_t_i * x_hat_i + dy_i * x_hat_t_i)
+    dx_t       = (gamma_t * inv_norm + gamma * inv_norm_t) * (dy - dbeta / m - dgamma * dnorm)
+               + (gamma * inv_norm) * (dy_t - dbeta_t / m - dgamma_t * dnorm - dgamma * dnorm_t)
+
 Eval mode uses running statistics, an affine map per channel, :func:`forward_eval` and
 :func:`backward_eval`:
 
@@ -139,6 +152,55 @@ def backward_eval(dy, cache):
     return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
 
 
+class TangentCache(NamedTuple):
+    """What the tangent of the backward needs: (m, C) ``x_t``, ``x_hat_t``; per-channel
+    ``gamma_t``, ``inv_norm_t``, ``norm_t``."""
+
+    x_t: Any
+    x_hat_t: Any
+    gamma_t: Any
+    inv_norm_t: Any
+    norm_t: Any
+
+
+def tangent_forward(x_t, gamma_t, beta_t, cache):
+    """``(y_t, TangentCache)`` at the point of ``cache`` (module docstring; eval mode: the norm is fixed)."""
+    x_hat, gamma, inv_norm = cache.x_hat, cache.gamma, cache.inv_norm
+    x_t2 = channel_rows(x_t)
+    if isinstance(cache, EvalCache):
+        norm_t = 0.0 * inv_norm
+        x_hat_t = x_t2 * inv_norm
+    else:
+        m = x_t2.shape[0]
+        norm_t = column_sums(lp_norm_grad(cache.x, cache.p, cache.norm) * x_t2)
+        x_hat_t = inv_norm * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * norm_t)
+    y_t = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    return y_t.reshape(x_t.shape), TangentCache(x_t2, x_hat_t, gamma_t, -inv_norm * inv_norm * norm_t, norm_t)
+
+
+def tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (or of :func:`backward_eval`)."""
+    xp = backend.array_module(dy)
+    x_hat, gamma, inv_norm = cache.x_hat, cache.gamma, cache.inv_norm
+    x_t2, x_hat_t, gamma_t, inv_norm_t, norm_t = tangent_cache
+    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    dbeta_t = column_sums(dy_t2)
+    dgamma_t = column_sums(dy_t2 * x_hat + dy2 * x_hat_t)
+    if isinstance(cache, EvalCache):   # dx = dy * gamma * inv_norm
+        return ((dy_t2 * gamma + dy2 * gamma_t) * inv_norm).reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+    m = dy2.shape[0]
+    dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
+    dnorm = lp_norm_grad(cache.x, cache.p, cache.norm)
+    if cache.p == 2:
+        safe = xp.where(cache.norm > 0, cache.norm, 1.0)
+        dnorm_t = (x_t2 - cache.x * (norm_t / safe)) / (m * safe)
+    else:
+        dnorm_t = 0.0
+    dx_t = (gamma_t * inv_norm + gamma * inv_norm_t) * (dy2 - dbeta * (1.0 / m) - dgamma * dnorm) \
+        + (gamma * inv_norm) * (dy_t2 - dbeta_t * (1.0 / m) - dgamma_t * dnorm - dgamma * dnorm_t)
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+
+
 class LpNorm(AffineNorm):
     """``LpNorm(num_features, p, eps=1e-5, momentum=0.1, *, dtype="float32")``, p in {1, 2, inf}.
 
@@ -168,6 +230,13 @@ class LpNorm(AffineNorm):
         if isinstance(cache, EvalCache):
             return backward_eval(dy, cache)
         return backward(dy, cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        return tangent_forward(x_t, params_t.get("gamma", 0.0), params_t.get("beta", 0.0), cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        dx_t, grads_t = tangent_backward(dy, dy_t, cache, tangent_cache)
+        return dx_t, grads_t if self.params else {}
 
 
 register("l1", "L1 norm", "C4", lambda num_features, *, dtype, **_: LpNorm(num_features, 1, dtype=dtype))

@@ -15,6 +15,10 @@ Forward and backward (the same draws, cached), :func:`forward` and :func:`backwa
     y  = scale * x + shift
     dx = scale * dy
 
+Second order, with the cached draws (the noise is fixed at the point; none in probe mode):
+
+    y_t = scale * x_t,    dx_t = scale * dy_t
+
 :class:`NoiseInjection` is the noise alone ("noise added to the standard network");
 :class:`NoisyBatchNorm` is :class:`~minibn.nn.BatchNorm` followed by the noise, applied to
 BN's affine output a = gamma * x_hat + beta (the noise's input), so its backward is
@@ -188,6 +192,12 @@ class NoiseInjection(_NoiseSource, Layer):
     def _backward(self, dy, cache):
         return backward(dy, cache)
 
+    def _tangent_forward(self, x_t, params_t, cache):
+        return x_t * cache.scale, None
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        return backward(dy_t, cache)
+
 
 class NoisyBatchNorm(_NoiseSource, BatchNorm):
     """``NoisyBatchNorm(num_features, eps=1e-5, momentum=0.1, *, n_mu=0.5, n_sigma=1.25, r_mu=0.1,
@@ -215,6 +225,15 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
     def _backward(self, dy, cache):
         da, _ = backward(dy, cache.noise)
         return super()._backward(da, cache.bn)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        a_t, bn_tangent = super()._tangent_forward(x_t, params_t, cache.bn)
+        return a_t * cache.noise.scale, bn_tangent
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        da, _ = backward(dy, cache.noise)
+        da_t, _ = backward(dy_t, cache.noise)
+        return super()._tangent_backward(da, da_t, cache.bn, tangent_cache)
 
 
 register("noisy", "noisy BatchNorm", "C2",

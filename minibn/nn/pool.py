@@ -18,6 +18,11 @@ Backward: the gradient of a window goes to ONE input, its (first) argmax:
 On ties max is not differentiable; taking the first maximum is a valid subgradient and
 the same on NumPy and CuPy (docs/layers/pool.md).
 
+Second order, the argmax held fixed (piecewise linear: the tangent of the piece x is in):
+
+    y_t = x_t at arg:  y_t[n, ho, wo, c] = x_t_ij[n, ho, wo, c] with i*kw + j = arg[n, ho, wo, c]
+    dx_t = backward(dy_t)
+
 Paths. The common case, kernel == stride with H and W divisible (2x2/2 in VGG), tiles x
 exactly: y is one reduction over x viewed as (N, Ho, kh, Wo, kw, C), and dx needs no
 zero fill. Otherwise y is a running maximum over the strided slices x_ij. ``arg`` is
@@ -83,6 +88,17 @@ def backward(dy, cache):
     return dx, {}
 
 
+def tangent_forward(x_t, cache):
+    """``(y_t, None)``: each window passes on the tangent of its (first) argmax."""
+    arg, x_shape, kernel, stride = cache
+    xp = backend.array_module(x_t)
+    out_size = arg.shape[1:3]
+    y_t = xp.zeros(arg.shape, dtype=x_t.dtype)
+    for k, x_t_ij in enumerate(_windows(x_t, kernel, stride, out_size)):
+        y_t += x_t_ij * (arg == k)
+    return y_t, None
+
+
 class MaxPool2d(Layer):
     """``MaxPool2d(kernel_size=2, stride=None)``: stride defaults to the kernel size; no padding."""
 
@@ -103,3 +119,9 @@ class MaxPool2d(Layer):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        return tangent_forward(x_t, cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        return backward(dy_t, cache)

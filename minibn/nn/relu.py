@@ -2,6 +2,10 @@
 
 Forward:   y = max(x, 0)
 Backward:  dx = dy * [x > 0]     (the subgradient 0 is taken at x = 0)
+
+Second order, the mask [x > 0] held fixed (piecewise linear: the tangent of the piece x is in):
+
+    y_t = x_t * [x > 0]        dx_t = dy_t * [x > 0]
 """
 
 from minibn.nn.layer import Layer, check_input
@@ -23,3 +27,9 @@ class ReLU(Layer):
 
     def _backward(self, dy, mask):
         return backward(dy, mask)
+
+    def _tangent_forward(self, x_t, params_t, mask):
+        return x_t * mask, None
+
+    def _tangent_backward(self, dy, dy_t, mask, tangent_cache):
+        return backward(dy_t, mask)
