@@ -15,7 +15,10 @@ minibn's own BatchNorm and Dense code at eps = 0, on
   (each layer's actual input batch, weights, gamma, beta, and the real downstream
   network + loss as the downstream function): the paper's deep linear network with BN
   (full-batch GD on summed squared error), a small ReLU MLP with BN and a small VGG
-  (conv -> BN -> ReLU, minibatch SGD on cross-entropy) on synthetic data.
+  (conv -> BN -> ReLU, minibatch SGD on cross-entropy) on synthetic data;
+
+and the other normalizers' invariances (BatchNorm without gamma, beta, LayerNorm, GroupNorm,
+WeightNorm) and LayerNorm's per-sample projection on ``--instances`` random inputs of their code.
 
 Writes ``DIR/results.json`` = ``{"study", "config", "checks": [{"name", "statement", "holds",
 "instances", "max_rel_err", ...}, ...], "networks"}`` and ``DIR/report.md``
@@ -36,7 +39,9 @@ import time
 
 from minibn import backend, io, models, nn, theory, train
 from minibn.data.synthetic import linear_regression
-from minibn.measure.theorychecks import Tally, TheoryChecks, check_bn_layer, check_weight_layer
+from minibn.measure.theorychecks import (NUMERIC_JACOBIAN_TOLERANCE, TOLERANCE, Tally, TheoryChecks, check_bn_layer,
+                                         check_weight_layer)
+from minibn.nn import weightnorm
 from minibn.optim import SGD
 from minibn.studies import common
 
@@ -73,6 +78,59 @@ def random_instances(tally, n, rng, xp):
         points = int(rng.integers(d_in + 1, 11))
         premise(tally, "random", backend.to_device(rng.standard_normal((points, d_in)) + rng.uniform(-2, 2, size=d_in), xp),
                 backend.to_device(rng.standard_normal(points), xp))
+
+
+def normalizer_instances(tally, n, rng, xp):
+    """The other normalizers' invariances and LayerNorm's projection (docs/theory.md), on their code
+    through minibn.theory's generic functions: ``n`` random inputs, dense or channels-last."""
+    on = backend.name_of(xp)
+    for i in range(n):
+        # at least 3 values per statistic: with 2, x_hat = (-1, 1) whatever x is, and the Jacobian is 0
+        N, C = int(rng.integers(3, 6)), int(rng.choice([3, 4, 6]))
+        shape = (N, C) if i % 2 == 0 else (N, int(rng.integers(1, 3)), int(rng.integers(1, 3)), C)
+        scale = float(10.0 ** rng.uniform(-2, 2))
+        x = backend.to_device(rng.standard_normal(shape) * scale + rng.uniform(-3, 3) * scale, xp)
+        groups = int(rng.choice([g for g in (1, 2, 3) if C % g == 0 and x[0].size // g >= 3]))
+        per_channel = rng.uniform(0.1, 10.0, size=C)
+        per_sample = rng.uniform(0.1, 10.0, size=(N,) + (1,) * (len(shape) - 1))
+        per_group = group_scales(rng.uniform(0.1, 10.0, size=(N, groups)), C // groups, len(shape))
+        a = float(10.0 ** rng.uniform(-3, 3))
+        cases = [(nn.BatchNorm(C, eps=0.0, dtype="float64"), per_channel),
+                 (nn.BatchNorm(C, eps=0.0, affine=False, dtype="float64"), per_channel),
+                 (nn.LayerNorm(C, eps=0.0, dtype="float64"), per_sample),
+                 (nn.GroupNorm(groups, C, eps=0.0, dtype="float64"), per_group)]
+        for layer, local in cases:
+            for p in layer.params.values():
+                p[...] = rng.uniform(0.5, 2.0, size=p.shape) * rng.choice([-1.0, 1.0], size=p.shape)
+            layer.to(on)
+            r = theory.normalizer_scale_invariance(layer, x, scales=(a, backend.to_device(local, xp)), seed=i)
+            tally.add("normalizer_scale_invariance", "random", max(r["max_output_error"], r["max_grad_error"]))
+        v = rng.standard_normal((int(rng.integers(1, 4)), 3, C) if i % 2 else (int(rng.integers(2, 9)), C))
+        g = backend.to_device(rng.standard_normal(C), xp)
+        pair = (lambda v_: weightnorm.forward(v_, g), lambda dW, cache: weightnorm.backward(dW, cache)["v"])
+        r = theory.normalizer_scale_invariance(pair, backend.to_device(v, xp), seed=i,
+                                               scales=(a, backend.to_device(rng.uniform(0.1, 10.0, size=C), xp)))
+        tally.add("normalizer_scale_invariance", "random", max(r["max_output_error"], r["max_grad_error"]))
+
+        layer = nn.LayerNorm(C, eps=0.0, dtype="float64").to(on)
+        proj = theory.normalizer_projection(layer, x)
+        flat = x.reshape(N, -1)
+        inv_std = 1.0 / flat.std(axis=1)       # from first principles: the sample's population std
+        err = max(proj["cross_column"], float(proj["ones"].max()), float(proj["input"].max()),
+                  float(proj["symmetric"].max()), float(proj["idempotent"].max()),
+                  theory.relative_error(xp.asarray(proj["scale"]), inv_std))
+        rank_ok = all(int(k) == proj["m"] - 2 for k in proj["rank"])
+        tally.add("layernorm_projection", "random", err,
+                  violated=not (err <= TOLERANCE["layernorm_projection"] and rank_ok
+                                and proj["numeric"] <= NUMERIC_JACOBIAN_TOLERANCE))
+        tally.bump("layernorm_projection", "max_rel_err_numeric", proj["numeric"])
+
+
+def group_scales(per_group, size, ndim):
+    """(N, G) scales as an array broadcasting against (N, C) or (N, H, W, C) inputs: each group's
+    scale repeated over its ``size`` channels."""
+    scales = backend.host.repeat(per_group, size, axis=1)
+    return scales.reshape(scales.shape[0], *(1,) * (ndim - 2), scales.shape[1])
 
 
 def premise(tally, source, x, t):
@@ -149,6 +207,8 @@ def run_validated(args, command, log=print):
     rng = backend.rng(args.seed)
     log(f"theory: {args.instances} random instances")
     random_instances(tally, args.instances, rng, xp)
+    log(f"theory: {args.instances} random instances of the other normalizers")
+    normalizer_instances(tally, args.instances, rng, xp)
 
     ce = theory.lemma_4_5_counterexample(xp)
     premise_excess = (ce["at_k_w_star"][0]["bn_loss"] - ce["bn_opt_loss"]) / ce["at_k_w_star"][0]["bn_loss"]

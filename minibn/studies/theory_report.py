@@ -27,6 +27,13 @@ MEASURED = {
     "lemma45_premise": ("per regression problem", "relative loss excess (min over gamma, beta of L_hat(k W*) - min L_hat) "
                                               "/ min over gamma, beta of L_hat(k W*)"),
     "scale_invariance": ("per weight layer", "max of the relative errors of output, loss and a * grad"),
+    "normalizer_scale_invariance": ("per normalizer and input", "max over a global and a local scale (per channel, "
+                                    "sample, sample and group, or output unit) of the relative errors of the output "
+                                    "and of a * dL/dx (minibn.theory.normalizer_scale_invariance)"),
+    "layernorm_projection": ("per batch", "max over samples of |J_n 1|, |J_n x_n| (relative), the asymmetry and "
+                             "non-idempotence of J_n / s_n, |s_n - inv_std_n| / inv_std_n and the cross-sample "
+                             "entries (minibn.theory.normalizer_projection); rank m - 2 and central differences "
+                             "within 1e-6 required too"),
 }
 SOURCES = ("random", "dln", "mlp", "vgg")
 
@@ -54,8 +61,9 @@ def render_report(doc):
              claims.summary_table(claims.theory_claims(doc)), "",
              "Every statement of docs/protocol.md §5, evaluated with minibn's own BatchNorm and Dense forward/backward "
              "(eps = 0, population variance, as the theory assumes) on random layers and on every BN layer of "
-             "three trained networks at several points of training. Derivations and the corrections to the "
-             "published text: [docs/theory.md](../../docs/theory.md).", "",
+             "three trained networks at several points of training; the other normalizers' invariances "
+             "(`normalizer_scale_invariance`, `layernorm_projection`) on random inputs of their own code. "
+             "Derivations and the corrections to the published text: [docs/theory.md](../../docs/theory.md).", "",
              f"Command: `{cfg['command']}` — backend {cfg['backend']}, seed "
              f"{cfg['seed']}, {cfg['instances']} random instances, networks trained {cfg['steps']} steps and "
              f"checked every {cfg['every']} steps; machine: {env.get('processor', '?')} {env.get('cpu_count', '?')} "

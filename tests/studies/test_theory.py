@@ -11,7 +11,7 @@ from minibn.measure.theorychecks import Tally, TheoryChecks
 from minibn.studies import theory, theory_report
 
 NAMES = ["bn_jacobian", "thm41", "thm41_printed", "thm42_identity", "obs43", "thm44", "lemma45_identity",
-         "lemma45_premise", "scale_invariance"]
+         "lemma45_premise", "scale_invariance", "normalizer_scale_invariance", "layernorm_projection"]
 
 
 @pytest.fixture(scope="module")
