@@ -5,11 +5,21 @@ in "probe" mode so that no running statistic or noise generator moves (PyHessian
 loss-landscape switch BatchNorm to eval mode, a different function). w is the flat
 parameter vector (``model.flat_params()``), g = grad L(w) from minibn's own backward.
 
-Hessian-vector product, by central differences of the gradient along v_hat = v/||v||:
+Hessian-vector product, exact by default (``product="exact"``): Pearlmutter's R-operator,
+:meth:`minibn.nn.Sequential.hvp`, the directional derivative of minibn's own gradient along v
+computed by every layer's tangent passes (one forward, one tangent forward, one backward and
+its tangent). ReLU masks, pooling argmaxes and Lp signs stay as the forward at w found them,
+so H is the Hessian of the smooth piece w sits in (what autograd tools report). A model with a
+layer or a loss lacking the tangent passes is refused with a NotImplementedError/TypeError
+naming it; ``product="fd"`` then measures it by central differences of the gradient along
+v_hat = v/||v||:
 
     H v ~= ||v|| (grad L(w + h v_hat) - grad L(w - h v_hat)) / (2 h),   h = eps * max(1, ||w||_2)
 
-The error is O(h^2) (third derivatives) plus O(u / h) (rounding of the gradients, u the
+which is wrong wherever a kink lies within h of w along v (a ReLU sign or an argmax switching
+adds a gradient jump divided by 2h), and is kept as a cross-check on smooth networks.
+
+Its error is O(h^2) (third derivatives) plus O(u / h) (rounding of the gradients, u the
 unit roundoff, 1.1e-16 in float64). The default eps = 1e-6 sits between the two: on the
 25-layer DLN (standard and BN, 1000 samples) the product changes by about 1e-9 relative
 from eps = 1e-6 to 1e-7, by 1e-7 from 1e-5 to 1e-6, and grows noisy again below 1e-7. Everything
@@ -27,16 +37,19 @@ On top of it:
 * ``block=i`` restricts each of them to block i's parameters (``model.block_slices()``):
   the diagonal block H_ii of the Hessian.
 
-Cost: each product is 2 forward/backward passes, plus 1 for g (curvature) at setup.
+Cost: an exact product is about 2 forward/backward passes (the passes and their tangents),
+as is a differenced one; plus 1 for g and L(w) at setup.
 """
 
 import math
 
 from minibn import backend
 from minibn.measure import Recorder, json_float
+from minibn.nn.losses import loss_tangent
 
 DEFAULT_EPS = 1e-6
 METHODS = ("lanczos", "power")
+PRODUCTS = ("exact", "fd")
 
 
 class HessianOperator:
@@ -44,13 +57,19 @@ class HessianOperator:
     writes the parameters back (bit-exactly) on exit.
 
     ``block`` restricts vectors to one block's slice of the flat vector (``size`` is then
-    that block's parameter count). ``grad`` is g (restricted likewise), ``loss`` is L(w),
+    that block's parameter count). ``product``: "exact" (R-operator) or "fd" (central
+    differences with step ``eps``; module docstring). ``grad`` is g (restricted likewise), ``loss`` is L(w),
     ``hvps`` counts the products taken.
     """
 
-    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS):
+    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="exact"):
         if not eps > 0:
             raise ValueError(f"HessianOperator: eps must be positive, got {eps!r}")
+        if product not in PRODUCTS:
+            raise ValueError(f"HessianOperator: product must be one of {PRODUCTS}, got {product!r}")
+        if product == "exact":
+            loss_tangent(loss_fn)   # a loss without a tangent is refused before any work
+        self.product = product
         if model.dtype != "float64":
             model = model.clone().astype("float64")
             x = x.astype("float64")
@@ -86,6 +105,11 @@ class HessianOperator:
         if norm == 0.0:
             return self.xp.zeros_like(v)
         direction = self.xp.zeros_like(self.w)
+        if self.product == "exact":
+            direction[self.slice] = v
+            self.model.set_flat_params(self.w)
+            self.hvps += 1
+            return self.model.hvp(self.loss_fn, self.x, self.target, direction, mode="probe")[self.slice]
         direction[self.slice] = v / norm
         g_plus = self._loss_and_grad(self.w + self.h * direction)[1]
         g_minus = self._loss_and_grad(self.w - self.h * direction)[1]
@@ -112,9 +136,9 @@ class HessianOperator:
         return False
 
 
-def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS):
+def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS, product="exact"):
     """H v for the flat vector v (float64, the model's backend); see the module docstring."""
-    with HessianOperator(model, loss_fn, x, target, eps=eps) as op:
+    with HessianOperator(model, loss_fn, x, target, eps=eps, product=product) as op:
         return op.matvec(v)
 
 
@@ -190,7 +214,7 @@ def _converged(op, value, vector, tol):
 
 
 def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, which="LM",
-                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS):
+                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS, product="exact"):
     """The top eigenvalue of H (or of block ``block``'s H_ii).
 
     ``which="LM"``: largest magnitude, signed (what power iteration finds); Lanczos also
@@ -206,7 +230,7 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
         raise ValueError(f"top_eigenvalue: method must be one of {METHODS}, got {method!r}")
     if which not in ("LM", "LA") or (method == "power" and which != "LM"):
         raise ValueError(f"top_eigenvalue: which must be 'LM' (or 'LA' with Lanczos), got {which!r} with {method!r}")
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
         if method == "power":
             value, converged = _power_iteration(op, iterations, tol, seed)
         else:
@@ -215,7 +239,8 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
                 "block": block, "converged": bool(converged), "hvps": op.hvps}
 
 
-def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed=0, eps=DEFAULT_EPS):
+def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed=0, eps=DEFAULT_EPS,
+                     product="exact"):
     """tr H ~= mean over ``samples`` seeded Rademacher z of z^T H z.
 
     Returns ``{"trace", "stderr", "samples", "block", "hvps"}`` (stderr of the mean;
@@ -224,7 +249,7 @@ def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed
     if int(samples) != samples or samples < 1:
         raise ValueError(f"hutchinson_trace: samples must be a positive integer, got {samples!r}")
     rng = backend.rng(seed)
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
         estimates = []
         for _ in range(int(samples)):
             z = op.random_vector(rng, "rademacher")
@@ -238,9 +263,9 @@ def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed
     return {"trace": json_float(mean), "stderr": stderr, "samples": len(estimates), "block": block, "hvps": hvps}
 
 
-def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS):
+def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="exact"):
     """g^T H g / ||g||^2 (``None`` when g = 0 or a value is non-finite)."""
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
         g = op.grad
         g_sq = float(op.xp.vdot(g, g))
         if not g_sq > 0.0:
@@ -256,11 +281,13 @@ class HessianRecorder(Recorder):
     """
 
     def __init__(self, loss_fn, every=100, *, method="lanczos", trace_samples=0, per_block=False,
-                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, name="hessian"):
+                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, product="exact", name="hessian"):
         self.trace_samples, self.per_block = int(trace_samples), per_block
         super().__init__(name, every, {k: [] for k in self.keys()})
         self.loss_fn = loss_fn
-        self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps}
+        self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps,
+                        "product": product}
+        self.product = {"eps": eps, "product": product}
 
     def keys(self):
         return ("steps", "top_eigenvalue", "curvature") + (("trace",) if self.trace_samples else ()) \
@@ -271,10 +298,10 @@ class HessianRecorder(Recorder):
         rec = self.records
         rec["steps"].append(int(step))
         rec["top_eigenvalue"].append(top_eigenvalue(*args, **self.options)["eigenvalue"])
-        rec["curvature"].append(gradient_curvature(*args, eps=self.options["eps"]))
+        rec["curvature"].append(gradient_curvature(*args, **self.product))
         if self.trace_samples:
             rec["trace"].append(hutchinson_trace(*args, samples=self.trace_samples, seed=self.options["seed"],
-                                                 eps=self.options["eps"])["trace"])
+                                                 **self.product)["trace"])
         if self.per_block:
             rec["block_top_eigenvalue"].append([top_eigenvalue(*args, block=b, **self.options)["eigenvalue"]
                                                 for b in range(len(model.blocks()))])
