@@ -23,6 +23,19 @@ the sums over i running over the group. That is BatchNorm's dx with the group in
 channel and dx_hat = gamma * dy in place of gamma * dy (gamma varies inside a group, so it stays
 inside the sums). Samples never mix: there are no running statistics, and train, eval and probe
 are one map. LayerNorm is the case G = 1 (:mod:`minibn.nn.layernorm`).
+
+Second order (the exact Hessian-vector product, :meth:`minibn.nn.Sequential.hvp`): tangents x_t,
+gamma_t, beta_t, dy_t of x, gamma, beta, dy, with mean(.) and sum(.) over the group,
+:func:`tangent_forward` and :func:`tangent_backward`, BatchNorm's with the group for the channel:
+
+    inv_std_t = -inv_std^2 * mean(x_hat * x_t)
+    x_hat_t   = inv_std * (x_t - mean(x_t) - x_hat * mean(x_hat * x_t))
+    y_t       = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    dx_hat_t  = dy_t * gamma + dy * gamma_t
+    dx_t      = (inv_std_t / m) * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat))
+              + (inv_std / m) * (m * dx_hat_t - sum(dx_hat_t) - x_hat_t * sum(dx_hat * x_hat)
+                                 - x_hat * sum(dx_hat_t * x_hat + dx_hat * x_hat_t))
+    dgamma_t  = sum over samples and positions of dy_t * x_hat + dy * x_hat_t,   dbeta_t = that of dy_t
 """
 
 from typing import Any, NamedTuple
@@ -67,6 +80,46 @@ def backward(dy, cache):
     return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
 
 
+class TangentCache(NamedTuple):
+    """What the tangent of the backward needs: (N, S, G, C/G) ``x_hat_t``, (N, 1, G, 1) ``inv_std_t``,
+    per-channel ``gamma_t``."""
+
+    x_hat_t: Any
+    gamma_t: Any
+    inv_std_t: Any
+
+
+AXES = (1, 3)   # the group's positions and channels in the (N, S, G, C/G) view
+
+
+def tangent_forward(x_t, gamma_t, beta_t, cache):
+    """``(y_t, TangentCache)`` at the point of ``cache`` (module docstring)."""
+    x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
+    xg_t = sample_groups(x_t, x_hat.shape[2])
+    m = x_hat.shape[1] * x_hat.shape[3]
+    projected = (x_hat * xg_t).sum(axis=AXES, keepdims=True) * (1.0 / m)
+    inv_std_t = -inv_std * inv_std * projected
+    x_hat_t = inv_std * (xg_t - xg_t.sum(axis=AXES, keepdims=True) * (1.0 / m) - x_hat * projected)
+    y_t = gamma_t * x_hat.reshape(x_t.shape) + gamma * x_hat_t.reshape(x_t.shape) + beta_t
+    return y_t, TangentCache(x_hat_t, gamma_t, inv_std_t)
+
+
+def tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (module docstring)."""
+    x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
+    x_hat_t, gamma_t, inv_std_t = tangent_cache
+    m, groups, channels = x_hat.shape[1] * x_hat.shape[3], x_hat.shape[2], dy.shape[-1]
+    dx_hat = sample_groups(dy * gamma, groups)
+    dx_hat_t = sample_groups(dy_t * gamma + dy * gamma_t, groups)
+    along_x_hat = (dx_hat * x_hat).sum(axis=AXES, keepdims=True)
+    along_x_hat_t = (dx_hat_t * x_hat + dx_hat * x_hat_t).sum(axis=AXES, keepdims=True)
+    dx_t = (inv_std_t / m) * (m * dx_hat - dx_hat.sum(axis=AXES, keepdims=True) - x_hat * along_x_hat) \
+        + (inv_std / m) * (m * dx_hat_t - dx_hat_t.sum(axis=AXES, keepdims=True) - x_hat_t * along_x_hat
+                           - x_hat * along_x_hat_t)
+    dgamma_t = (dy_t * x_hat.reshape(dy.shape) + dy * x_hat_t.reshape(dy.shape)).reshape(-1, channels).sum(axis=0)
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dy_t.reshape(-1, channels).sum(axis=0)}
+
+
 def default_groups(num_channels, max_groups=32):
     """The models' group count: the largest divisor G of ``num_channels`` with G <= ``max_groups``
     and at least 2 channels per group (Wu and He's 32 groups where C allows; a group of one
@@ -108,6 +161,12 @@ class GroupNorm(AffineNorm):
 
     def _backward(self, dy, cache):
         return backward(dy, cache)
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        return tangent_forward(x_t, params_t["gamma"], params_t["beta"], cache)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        return tangent_backward(dy, dy_t, cache, tangent_cache)
 
 
 def _make(num_features, *, dtype, num_groups=None, **_):

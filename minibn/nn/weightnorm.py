@@ -19,6 +19,17 @@ docs/layers/weightnorm.md), :func:`backward`:
 so dv is orthogonal to v, and the loss is unchanged by v_j -> a v_j (a > 0) while dv scales as
 1/a: the scale invariance of docs/theory.md with v in place of the weights before a BN. There is
 no eps: a unit with v_j = 0 has no direction (its W and gradients are NaN).
+
+Second order (the exact Hessian-vector product, :meth:`minibn.nn.Sequential.hvp`): tangents v_t,
+g_t of v, g and dW_t of dW (the wrapped layer's tangent passes give W_t's effect and dW_t), sums
+per unit, :func:`tangent_forward` and :func:`tangent_backward`:
+
+    inv_norm_t = -inv_norm^2 * sum(v_hat * v_t)
+    v_hat_t    = inv_norm * (v_t - v_hat * sum(v_hat * v_t))
+    W_t        = g_t * v_hat + g * v_hat_t
+    dg_t       = sum(dW_t * v_hat + dW * v_hat_t)
+    dv_t       = (g_t * inv_norm + g * inv_norm_t) * (dW - v_hat * dg)
+               + (g * inv_norm) * (dW_t - v_hat_t * dg - v_hat * dg_t)
 """
 
 from typing import Any, NamedTuple
@@ -54,6 +65,38 @@ def backward(dW, cache):
     dg = (dW * v_hat).reshape(-1, dW.shape[-1]).sum(axis=0)
     dv = (g * inv_norm) * (dW - v_hat * dg)
     return {"g": dg, "v": dv}
+
+
+class TangentCache(NamedTuple):
+    """What the tangent of the backward needs: ``v_hat_t`` (v's shape), per-unit ``g_t``, ``inv_norm_t``."""
+
+    v_hat_t: Any
+    g_t: Any
+    inv_norm_t: Any
+
+
+def _unit_sums(a):
+    return a.reshape(-1, a.shape[-1]).sum(axis=0)
+
+
+def tangent_forward(v_t, g_t, cache):
+    """``(W_t, TangentCache)`` at the point of ``cache`` (module docstring)."""
+    v_hat, g, inv_norm = cache
+    projected = _unit_sums(v_hat * v_t)
+    inv_norm_t = -inv_norm * inv_norm * projected
+    v_hat_t = inv_norm * (v_t - v_hat * projected)
+    return g_t * v_hat + g * v_hat_t, TangentCache(v_hat_t, g_t, inv_norm_t)
+
+
+def tangent_backward(dW, dW_t, cache, tangent_cache):
+    """``{"g": dg_t, "v": dv_t}``, the tangent of :func:`backward` (module docstring)."""
+    v_hat, g, inv_norm = cache
+    v_hat_t, g_t, inv_norm_t = tangent_cache
+    dg = _unit_sums(dW * v_hat)
+    dg_t = _unit_sums(dW_t * v_hat + dW * v_hat_t)
+    dv_t = (g_t * inv_norm + g * inv_norm_t) * (dW - v_hat * dg) \
+        + (g * inv_norm) * (dW_t - v_hat_t * dg - v_hat * dg_t)
+    return {"g": dg_t, "v": dv_t}
 
 
 class WeightNorm(Layer):
@@ -97,6 +140,21 @@ class WeightNorm(Layer):
         dx, grads = self.layer._backward(dy, layer_cache)
         out = backward(grads.pop("W"), wn_cache)
         return dx, {**out, **grads}
+
+    def _tangent_forward(self, x_t, params_t, cache):
+        wn_cache, layer_cache = cache
+        W_t, wn_tangent = tangent_forward(params_t["v"], params_t["g"], wn_cache)
+        inner_t = {"W": W_t, **({"b": params_t["b"]} if "b" in params_t else {})}
+        y_t, layer_tangent = self.layer._tangent_forward(x_t, inner_t, layer_cache)
+        return y_t, (wn_tangent, layer_tangent)
+
+    def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        wn_cache, layer_cache = cache
+        wn_tangent, layer_tangent = tangent_cache
+        dW = self.layer._backward(dy, layer_cache)[1]["W"]   # the point's dW, which the tangent of dv needs
+        dx_t, grads_t = self.layer._tangent_backward(dy, dy_t, layer_cache, layer_tangent)
+        out = tangent_backward(dW, grads_t.pop("W"), wn_cache, wn_tangent)
+        return dx_t, {**out, **grads_t}
 
 
 register("weightnorm", "WeightNorm", "#b8860b", lambda num_features, **_: None,

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 from minibn import backend, nn
 from minibn.nn import groupnorm, normalization
 from minibn.testing import check_layer_property, layer_inputs
+from tests.nn import test_hvp
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -129,3 +130,15 @@ def test_the_docs_quote_the_code():
     for line in ("dx = (inv_std / m) * (m * dx_hat - dx_hat.sum(axis=(1, 3), keepdims=True)",
                  "- x_hat * (dx_hat * x_hat).sum(axis=(1, 3), keepdims=True))"):
         assert line in page and line in source
+
+
+@pytest.mark.parametrize("make", [lambda c: nn.GroupNorm(2, c, dtype="float64"), lambda c: nn.LayerNorm(c, dtype="float64")],
+                         ids=["groupnorm", "layernorm"])
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(1, 4), half=st.integers(2, 3), seed=st.integers(0, 2**16), mode=st.sampled_from(["probe", "eval"]))
+def test_exact_hvp_matches_the_differenced_hessian(make, n, half, seed, mode):
+    """The tangent passes (module docstring) through Sequential.hvp, as tests/nn/test_hvp.py checks the other layers."""
+    rng = np.random.default_rng(seed)
+    model = test_hvp.perturb(test_hvp.dense_sandwich(make, 2 * half, rng), rng)
+    x = rng.normal(size=(n, 2 * half))
+    test_hvp.check_against_differences(model, nn.squared_error, x, rng.normal(size=(n, 3)), mode)

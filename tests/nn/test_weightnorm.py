@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 from minibn import backend, models, nn, theory
 from minibn.nn import normalization, weightnorm
 from minibn.testing import check_layer_property, layer_inputs
+from tests.nn import test_hvp
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -124,3 +125,20 @@ def test_the_docs_quote_the_code():
     source = inspect.getsource(weightnorm.backward)
     for line in ("dg = (dW * v_hat).reshape(-1, dW.shape[-1]).sum(axis=0)", "dv = (g * inv_norm) * (dW - v_hat * dg)"):
         assert line in page and line in source
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(2, 4), features=st.integers(2, 3), seed=st.integers(0, 2**16), conv=st.booleans())
+def test_exact_hvp_matches_the_differenced_hessian(n, features, seed, conv):
+    """The tangent passes (module docstring) through Sequential.hvp, as tests/nn/test_hvp.py checks the other layers."""
+    rng = np.random.default_rng(seed)
+    if conv:
+        layers = [nn.WeightNorm(nn.Conv2d(features, 2, 2, rng=rng, dtype="float64")), nn.Flatten(),
+                  nn.Dense(2 * 2 * 2, 3, rng=rng, dtype="float64")]
+        x = rng.normal(size=(n, 3, 3, features))
+    else:
+        layers = [nn.WeightNorm(nn.Dense(features, 4, rng=rng, dtype="float64")),
+                  nn.WeightNorm(nn.Dense(4, 3, bias=False, rng=rng, dtype="float64"))]
+        x = rng.normal(size=(n, features))
+    model = test_hvp.perturb(nn.Sequential(layers), rng)
+    test_hvp.check_against_differences(model, nn.softmax_cross_entropy, x, rng.integers(0, 3, size=n))
