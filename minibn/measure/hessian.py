@@ -5,13 +5,13 @@ in "probe" mode so that no running statistic or noise generator moves (PyHessian
 loss-landscape switch BatchNorm to eval mode, a different function). w is the flat
 parameter vector (``model.flat_params()``), g = grad L(w) from minibn's own backward.
 
-Hessian-vector product, exact by default (``product="exact"``): Pearlmutter's R-operator,
+Hessian-vector product, exact by default (``product="auto"``): Pearlmutter's R-operator,
 :meth:`minibn.nn.Sequential.hvp`, the directional derivative of minibn's own gradient along v
 computed by every layer's tangent passes (one forward, one tangent forward, one backward and
 its tangent). ReLU masks, pooling argmaxes and Lp signs stay as the forward at w found them,
-so H is the Hessian of the smooth piece w sits in (what autograd tools report). A model with a
-layer or a loss lacking the tangent passes is refused with a NotImplementedError/TypeError
-naming it; ``product="fd"`` then measures it by central differences of the gradient along
+so H is the Hessian of the smooth piece w sits in (what autograd tools report). With
+``product="exact"`` a layer or a loss lacking them is refused with a NotImplementedError/TypeError
+naming it; ``product="auto"`` (the default) and ``product="fd"`` then measure it by central differences of the gradient along
 v_hat = v/||v||:
 
     H v ~= ||v|| (grad L(w + h v_hat) - grad L(w - h v_hat)) / (2 h),   h = eps * max(1, ||w||_2)
@@ -49,7 +49,16 @@ from minibn.nn.losses import loss_tangent
 
 DEFAULT_EPS = 1e-6
 METHODS = ("lanczos", "power")
-PRODUCTS = ("exact", "fd")
+PRODUCTS = ("auto", "exact", "fd")
+
+
+def exact_available(model, loss_fn):
+    """Whether every layer of ``model`` and ``loss_fn`` have the tangent passes of the exact product."""
+    try:
+        loss_tangent(loss_fn)
+    except TypeError:
+        return False
+    return model.has_tangents
 
 
 class HessianOperator:
@@ -57,16 +66,18 @@ class HessianOperator:
     writes the parameters back (bit-exactly) on exit.
 
     ``block`` restricts vectors to one block's slice of the flat vector (``size`` is then
-    that block's parameter count). ``product``: "exact" (R-operator) or "fd" (central
+    that block's parameter count). ``product``: "auto" (exact when available), "exact" (R-operator) or "fd" (central
     differences with step ``eps``; module docstring). ``grad`` is g (restricted likewise), ``loss`` is L(w),
     ``hvps`` counts the products taken.
     """
 
-    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="exact"):
+    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto"):
         if not eps > 0:
             raise ValueError(f"HessianOperator: eps must be positive, got {eps!r}")
         if product not in PRODUCTS:
             raise ValueError(f"HessianOperator: product must be one of {PRODUCTS}, got {product!r}")
+        if product == "auto":
+            product = "exact" if exact_available(model, loss_fn) else "fd"
         if product == "exact":
             loss_tangent(loss_fn)   # a loss without a tangent is refused before any work
         self.product = product
@@ -136,7 +147,7 @@ class HessianOperator:
         return False
 
 
-def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS, product="exact"):
+def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS, product="auto"):
     """H v for the flat vector v (float64, the model's backend); see the module docstring."""
     with HessianOperator(model, loss_fn, x, target, eps=eps, product=product) as op:
         return op.matvec(v)
@@ -214,7 +225,7 @@ def _converged(op, value, vector, tol):
 
 
 def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, which="LM",
-                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS, product="exact"):
+                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS, product="auto"):
     """The top eigenvalue of H (or of block ``block``'s H_ii).
 
     ``which="LM"``: largest magnitude, signed (what power iteration finds); Lanczos also
@@ -240,7 +251,7 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
 
 
 def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed=0, eps=DEFAULT_EPS,
-                     product="exact"):
+                     product="auto"):
     """tr H ~= mean over ``samples`` seeded Rademacher z of z^T H z.
 
     Returns ``{"trace", "stderr", "samples", "block", "hvps"}`` (stderr of the mean;
@@ -263,7 +274,7 @@ def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed
     return {"trace": json_float(mean), "stderr": stderr, "samples": len(estimates), "block": block, "hvps": hvps}
 
 
-def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="exact"):
+def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto"):
     """g^T H g / ||g||^2 (``None`` when g = 0 or a value is non-finite)."""
     with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
         g = op.grad
@@ -281,7 +292,7 @@ class HessianRecorder(Recorder):
     """
 
     def __init__(self, loss_fn, every=100, *, method="lanczos", trace_samples=0, per_block=False,
-                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, product="exact", name="hessian"):
+                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, product="auto", name="hessian"):
         self.trace_samples, self.per_block = int(trace_samples), per_block
         super().__init__(name, every, {k: [] for k in self.keys()})
         self.loss_fn = loss_fn

@@ -184,6 +184,11 @@ class Layer:
         """``(dx_t, grads_t)``: the tangent of backward's (dx, grads) for dy moving along dy_t."""
         return self._tangent_backward(dy, dy_t, self._cache, tangent_cache)
 
+    @property
+    def has_tangents(self):
+        """Whether this layer implements the tangent passes (the exact Hessian-vector product needs them)."""
+        return type(self)._tangent_forward is not Layer._tangent_forward
+
     def _tangent_forward(self, x_t, params_t, cache):
         raise NotImplementedError(f"{self.describe()}: no exact second-order pass (tangent_forward) is "
                                   f"implemented for this layer; use the Hessian tools' product='fd'")
@@ -335,6 +340,10 @@ class Sequential(Layer):
         loss, dout = loss_fn(out, target)
         self.backward(dout)
         return loss
+
+    @property
+    def has_tangents(self):
+        return all(layer.has_tangents for layer in self.layers)
 
     def hvp(self, loss_fn, x, target, v, mode="probe"):
         """H v, the Hessian of ``loss_fn(self.forward(x, mode), target)`` in the flat parameters

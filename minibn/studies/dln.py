@@ -55,6 +55,9 @@ def loss_fn(pred, target):
     return nn.squared_error(pred, target, reduction="sum")
 
 
+loss_fn.tangent = nn.losses.squared_error_tangent   # for the exact Hessian-vector products
+
+
 def run_name(variant, lr, seed):
     return f"{variant}_lr{lr:g}_seed{seed}"
 

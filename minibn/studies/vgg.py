@@ -79,6 +79,9 @@ def loss_fn(logits, labels):
     return nn.softmax_cross_entropy(logits, labels)
 
 
+loss_fn.tangent = nn.losses.softmax_cross_entropy_tangent   # for the exact Hessian-vector products
+
+
 def run_name(variant, lr, seed):
     return f"{variant}_lr{lr:g}_seed{seed}"
 

@@ -203,3 +203,28 @@ def test_noisy_layers_use_the_cached_draws_in_train_mode():
         np.testing.assert_allclose(dx_t, (dx_p - dx_m) / (2 * h), atol=1e-7)
         for k in grads_t:
             np.testing.assert_allclose(grads_t[k], (g_p[k] - g_m[k]) / (2 * h), atol=1e-7)
+
+
+def test_has_tangents_names_what_the_exact_product_needs():
+    from minibn.measure import hessian
+
+    class Opaque(nn.Layer):
+        def _forward(self, x, mode):
+            return x, "no tangent"
+
+        def _backward(self, dy, cache):
+            return dy, {}
+
+    rng = np.random.default_rng(1)
+    model = dense_sandwich(DENSE_LAYERS["l2"], 3, rng)
+    assert model.has_tangents and hessian.exact_available(model, nn.squared_error)
+    assert not hessian.exact_available(model, lambda pred, target: nn.squared_error(pred, target))
+    opaque = nn.Sequential([model[0], Opaque(), model[2]])
+    assert not opaque.has_tangents
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    v = rng.normal(size=opaque.num_params)
+    # "auto" falls back to the central difference (a smooth network here: the two agree), "exact" refuses
+    auto = hessian.hvp(opaque, nn.squared_error, x, y, v)
+    np.testing.assert_allclose(auto, hessian.hvp(opaque, nn.squared_error, x, y, v, product="fd"), rtol=0, atol=0)
+    with pytest.raises(NotImplementedError, match="Opaque"):
+        hessian.hvp(opaque, nn.squared_error, x, y, v, product="exact")
