@@ -66,6 +66,34 @@ def unique(values):
     return None if values is None else list(dict.fromkeys(values))
 
 
+def check_variants(variants, jobs, executor="local"):
+    """``variants`` without repeats (None stays None), or a ValueError: a name not registered, or one
+    registered where the worker processes cannot import it (an interactive session) when runs go to
+    workers (``jobs`` > 1 or Dask)."""
+    from minibn.nn import normalization
+
+    variants = unique(variants)
+    if not variants:
+        return variants
+    unknown = [v for v in variants if v not in normalization.REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(normalization.REGISTRY)}")
+    in_workers = executor == "dask" or jobs > 1
+    stranded = [v for v in variants if in_workers and not _workers_can_import(normalization.get(v).module)]
+    if stranded:
+        raise ValueError(f"variant(s) {stranded} were registered where worker processes cannot import them "
+                         f"(an interactive session); pass jobs=1, or register them in an importable module")
+    return variants
+
+
+def _workers_can_import(module):
+    """Whether a spawned worker can import ``module``: one imported here is on the worker's sys.path
+    too, and a script's ``__main__`` is run again by every spawned worker; an interactive one is not."""
+    if module == "__main__":
+        return hasattr(sys.modules["__main__"], "__file__")
+    return module in sys.modules
+
+
 def check_backend(name):
     """Raise ValueError naming --backend when ``name`` cannot be used here."""
     try:

@@ -156,17 +156,9 @@ def parse_args(argv=None):
 
 def validate(args):
     """Every option checked before any work starts."""
-    args.variants, args.lr = common.unique(args.variants), common.unique(args.lr)
+    args.lr = common.unique(args.lr)
     args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
-    if args.variants:
-        unknown = [v for v in args.variants if v not in normalization.REGISTRY]
-        if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(normalization.REGISTRY)}")
-        in_workers = args.executor == "dask" or args.jobs > 1
-        stranded = [v for v in args.variants if in_workers and not _workers_can_import(normalization.get(v).module)]
-        if stranded:
-            raise ValueError(f"variant(s) {stranded} were registered where worker processes cannot import them "
-                             f"(an interactive session); pass jobs=1, or register them in an importable module")
+    args.variants = common.check_variants(args.variants, args.jobs, args.executor)
     if args.lr is not None:
         bad = [lr for lr in args.lr if not (math.isfinite(lr) and lr > 0)]
         if bad:
@@ -180,14 +172,6 @@ def validate(args):
     common.check_executor(args.executor, args.scheduler, args.backend)
     args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
     common.check_writable_dir(args.out)
-
-
-def _workers_can_import(module):
-    """Whether a spawned worker can import ``module``: one imported here is on the worker's sys.path
-    too, and a script's ``__main__`` is run again by every spawned worker; an interactive one is not."""
-    if module == "__main__":
-        return hasattr(sys.modules["__main__"], "__file__")
-    return module in sys.modules
 
 
 def build_config(args):

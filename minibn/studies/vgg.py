@@ -3,7 +3,7 @@
     python -m minibn.studies.vgg [--backend numpy|cupy] [--preset smoke|cpu|paper]
                                  [--experiments E1,E2,...] [--out DIR] [--data-dir DIR]
                                  [--seed N] [--seeds K] [--resume] [--jobs N] [--steps N]
-                                 [--lr LR] [--lr-high LR] [--lr-low LR]
+                                 [--lr LR] [--lr-high LR] [--lr-low LR] [--variants V ...]
                                  [--executor local|dask] [--scheduler ADDRESS]
 
 A run is one (variant, LR) configuration; an experiment names the runs it needs, and a
@@ -15,9 +15,11 @@ run that serves several experiments is trained once:
     E4  standard, batchnorm at LR                           landscape along the gradient
     E5  standard, batchnorm, l1, l2, linf at LR             accuracy, activations, landscape
 
-(LR 0.1, LR_HIGH 0.5, LR_LOW 0.01 by default.) Each run carries every instrument any
-experiment asks of it (ICS for E3's runs, landscape probes for every run at LR,
-activation moments for all), so a run's result does not depend on which experiments
+(LR 0.1, LR_HIGH 0.5, LR_LOW 0.01 by default.) ``--variants layernorm groupnorm ...`` adds
+other normalizers of the registry beside BN: each runs wherever ``batchnorm`` runs in the
+chosen experiments, at the same LRs, with BN's instruments. Each run carries every
+instrument any experiment asks of it (ICS for E3's runs, landscape probes for every run at
+LR, activation moments for all), so a run's result does not depend on which experiments
 were selected. The runs of one seed share it: the same initial weights (models.vgg draws
 the noise generators apart) and the same batches. ``--seeds K`` repeats every run with
 seeds seed, seed+1, ..., seed+K-1; runs are named by variant, LR and seed
@@ -86,20 +88,27 @@ def run_name(variant, lr, seed):
     return f"{variant}_lr{lr:g}_seed{seed}"
 
 
+def compared(cfg):
+    """BN and the normalizers ``--variants`` adds beside it (the study's config; none before the option)."""
+    return ["batchnorm", *(v for v in cfg.get("variants", []) if v != "batchnorm")]
+
+
 def plan(cfg, experiments):
     """``{name: spec}`` of the runs the experiments need for every seed of ``cfg["seeds"]``, each
-    with its seed, instruments and experiments."""
+    with its seed, instruments and experiments; the added variants run wherever BN does."""
     runs = {}
     for seed in cfg["seeds"]:
         for exp in experiments:
-            for variant, which in EXPERIMENTS[exp]:
+            entries = [(v, which) for variant, which in EXPERIMENTS[exp]
+                       for v in (compared(cfg) if variant == "batchnorm" else [variant])]
+            for variant, which in entries:
                 lr = cfg[which]
                 spec = runs.setdefault(run_name(variant, lr, seed),
                                        {"variant": variant, "lr": lr, "seed": seed, "experiments": []})
                 spec["experiments"].append(exp)
     for spec in runs.values():
         is_base = spec["lr"] == cfg["lr"]
-        spec["ics"] = spec["variant"] in ("standard", "batchnorm") and (is_base or spec["lr"] == cfg["lr_low"])
+        spec["ics"] = spec["variant"] in ("standard", *compared(cfg)) and (is_base or spec["lr"] == cfg["lr_low"])
         spec["landscape"] = is_base
     return runs
 
@@ -157,6 +166,7 @@ def run_one(job):
     xp = backend.get(cfg["backend"])
     data = load_data(cfg, cfg["data_dir"])
     seed = spec["seed"]
+    normalization.get(spec["variant"], job["module"])  # a spawned worker imports a user's variant here
     model = models.vgg(cfg["config"], norm=spec["variant"], width=cfg["width"], rng=seed, dtype="float32")
     model.to(cfg["backend"])
     stream = train.MiniBatches(backend.to_device(data["train_x"], xp), backend.to_device(data["train_y"], xp),
@@ -222,6 +232,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="the base learning rate of every experiment [0.1]")
     p.add_argument("--lr-high", type=float, default=None, help="E1's large learning rate [0.5]")
     p.add_argument("--lr-low", type=float, default=None, help="E3's small learning rate [0.01]")
+    p.add_argument("--variants", nargs="+", default=None, metavar="V",
+                   help=f"normalizers to run beside BN, wherever BN runs, at its LRs, of "
+                        f"{', '.join(normalization.REGISTRY)} (e.g. layernorm groupnorm weightnorm) [none]")
     args = p.parse_args(argv)
     try:
         validate(args)
@@ -248,6 +261,7 @@ def validate(args):
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     common.check_seed(args.seed)
     args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
+    args.variants = common.check_variants(args.variants, args.jobs, args.executor)
     common.check_backend(args.backend)
     common.check_executor(args.executor, args.scheduler, args.backend)
     try:
@@ -272,12 +286,14 @@ def build_config(args):
             cfg[key] = getattr(args, key)
     cfg.update(preset=args.preset, seeds=list(range(args.seed, args.seed + args.seeds)), backend=args.backend,
                data_dir=os.path.abspath(str(args.data_dir)), eta_multipliers=ETA_MULTIPLIERS)
+    if args.variants:
+        cfg["variants"] = list(args.variants)
     return cfg
 
 
 def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="numpy", data_dir=None, seed=0,
         seeds=1, resume=False, jobs=1, executor="local", scheduler=None, steps=None, only=None, lr=None, lr_high=None,
-        lr_low=None, command=None):
+        lr_low=None, variants=None, command=None):
     """Run the study (the command line's options as arguments) and return what results.json holds.
 
     ``experiments`` and ``only`` take lists (or the command line's comma-separated strings); a bad
@@ -285,20 +301,21 @@ def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="nump
     args = argparse.Namespace(out=out, preset=preset, experiments=experiments, backend=backend, data_dir=data_dir,
                               seed=seed, seeds=seeds, resume=resume, jobs=jobs, executor=executor,
                               scheduler=scheduler, steps=steps, only=only, lr=lr,
-                              lr_high=lr_high, lr_low=lr_low)
+                              lr_high=lr_high, lr_low=lr_low, variants=variants)
     validate(args)
     return run_validated(args, command or f"minibn.studies.vgg.run(out={args.out!r}, preset={preset!r}, ...)")
 
 
 def run_validated(args, command):
     cfg = build_config(args)
-    # runs are named by seed, so the seed list may grow or shrink on resume (as the DLN study's)
-    common.record_config(args.out, cfg, args.resume, may_change=("seeds",))
+    # runs are named by variant and seed, so the seeds and added variants may change on resume
+    # (as the DLN study's)
+    common.record_config(args.out, cfg, args.resume, may_change=("seeds", "variants"))
     runs = plan(cfg, args.experiments)
     if args.only:
         runs = {name: spec for name, spec in runs.items() if name in args.only}
-    jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume}
-            for name, spec in runs.items()]
+    jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume,
+             "module": normalization.get(spec["variant"]).module} for name, spec in runs.items()]
     print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}), seeds {cfg['seeds']}: {len(jobs)} runs of "
           f"{cfg['steps']} steps on {args.backend}, {common.describe_executor(args.executor, args.jobs, args.scheduler)}"
           f" -> {args.out}", flush=True)
