@@ -36,6 +36,11 @@ On top of it:
   the landscape probe's beta_eff approximates by finite steps.
 * ``block=i`` restricts each of them to block i's parameters (``model.block_slices()``):
   the diagonal block H_ii of the Hessian.
+* ``mode="eval"`` takes the Hessian of the eval-mode loss instead (running statistics, the
+  function PyHessian measures); the default ``"probe"`` is the train-mode loss.
+* ``x`` and ``target`` may be lists of equal length (chunks of a fixed measurement set):
+  L is then the mean of the chunk losses, each chunk's batch statistics its own, and every
+  product costs one pass per chunk.
 
 Cost: an exact product is about 2 forward/backward passes (the passes and their tangents),
 as is a differenced one; plus 1 for g and L(w) at setup.
@@ -49,6 +54,7 @@ from minibn.nn.losses import loss_tangent
 
 DEFAULT_EPS = 1e-6
 METHODS = ("lanczos", "power")
+MODES = ("probe", "eval")
 PRODUCTS = ("auto", "exact", "fd")
 
 
@@ -71,7 +77,9 @@ class HessianOperator:
     ``hvps`` counts the products taken.
     """
 
-    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto"):
+    def __init__(self, model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto", mode="probe"):
+        if mode not in MODES:
+            raise ValueError(f"HessianOperator: mode must be one of {MODES}, got {mode!r}")
         if not eps > 0:
             raise ValueError(f"HessianOperator: eps must be positive, got {eps!r}")
         if product not in PRODUCTS:
@@ -80,13 +88,17 @@ class HessianOperator:
             product = "exact" if exact_available(model, loss_fn) else "fd"
         if product == "exact":
             loss_tangent(loss_fn)   # a loss without a tangent is refused before any work
-        self.product = product
+        self.product, self.mode = product, mode
+        chunks = list(zip(x, target)) if isinstance(x, (list, tuple)) else [(x, target)]
+        if not chunks or (isinstance(x, (list, tuple)) and len(x) != len(target)):
+            raise ValueError(f"HessianOperator: x and target must be arrays or lists of equal length, got "
+                             f"{len(x) if isinstance(x, (list, tuple)) else 'an array'} and "
+                             f"{len(target) if isinstance(target, (list, tuple)) else 'an array'}")
         if model.dtype != "float64":
             model = model.clone().astype("float64")
-            x = x.astype("float64")
-            if target.dtype.kind == "f":
-                target = target.astype("float64")
-        self.model, self.loss_fn, self.x, self.target = model, loss_fn, x, target
+            chunks = [(cx.astype("float64"), ct.astype("float64") if ct.dtype.kind == "f" else ct)
+                      for cx, ct in chunks]
+        self.model, self.loss_fn, self.chunks = model, loss_fn, chunks
         self.xp = model.xp
         self._snapshot = model.snapshot()
         self.w = model.flat_params()
@@ -104,8 +116,11 @@ class HessianOperator:
 
     def _loss_and_grad(self, w):
         self.model.set_flat_params(w)
-        loss = self.model.value_and_grad(self.loss_fn, self.x, self.target, mode="probe")
-        return loss, self.model.flat_grads()
+        loss, grad = 0.0, 0.0
+        for x, target in self.chunks:
+            loss += float(self.model.value_and_grad(self.loss_fn, x, target, mode=self.mode))
+            grad = grad + self.model.flat_grads()
+        return loss / len(self.chunks), grad / len(self.chunks)
 
     def matvec(self, v):
         """H v for a vector v of ``size`` float64 entries on the model's backend."""
@@ -120,7 +135,8 @@ class HessianOperator:
             direction[self.slice] = v
             self.model.set_flat_params(self.w)
             self.hvps += 1
-            return self.model.hvp(self.loss_fn, self.x, self.target, direction, mode="probe")[self.slice]
+            total = sum(self.model.hvp(self.loss_fn, x, target, direction, mode=self.mode) for x, target in self.chunks)
+            return (total / len(self.chunks))[self.slice]
         direction[self.slice] = v / norm
         g_plus = self._loss_and_grad(self.w + self.h * direction)[1]
         g_minus = self._loss_and_grad(self.w - self.h * direction)[1]
@@ -147,9 +163,9 @@ class HessianOperator:
         return False
 
 
-def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS, product="auto"):
+def hvp(model, loss_fn, x, target, v, *, eps=DEFAULT_EPS, product="auto", mode="probe"):
     """H v for the flat vector v (float64, the model's backend); see the module docstring."""
-    with HessianOperator(model, loss_fn, x, target, eps=eps, product=product) as op:
+    with HessianOperator(model, loss_fn, x, target, eps=eps, product=product, mode=mode) as op:
         return op.matvec(v)
 
 
@@ -225,7 +241,7 @@ def _converged(op, value, vector, tol):
 
 
 def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, which="LM",
-                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS, product="auto"):
+                   iterations=100, tol=1e-6, seed=0, eps=DEFAULT_EPS, product="auto", mode="probe"):
     """The top eigenvalue of H (or of block ``block``'s H_ii).
 
     ``which="LM"``: largest magnitude, signed (what power iteration finds); Lanczos also
@@ -241,7 +257,7 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
         raise ValueError(f"top_eigenvalue: method must be one of {METHODS}, got {method!r}")
     if which not in ("LM", "LA") or (method == "power" and which != "LM"):
         raise ValueError(f"top_eigenvalue: which must be 'LM' (or 'LA' with Lanczos), got {which!r} with {method!r}")
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product, mode=mode) as op:
         if method == "power":
             value, converged = _power_iteration(op, iterations, tol, seed)
         else:
@@ -251,7 +267,7 @@ def top_eigenvalue(model, loss_fn, x, target, *, method="lanczos", block=None, w
 
 
 def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed=0, eps=DEFAULT_EPS,
-                     product="auto"):
+                     product="auto", mode="probe"):
     """tr H ~= mean over ``samples`` seeded Rademacher z of z^T H z.
 
     Returns ``{"trace", "stderr", "samples", "block", "hvps"}`` (stderr of the mean;
@@ -260,7 +276,7 @@ def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed
     if int(samples) != samples or samples < 1:
         raise ValueError(f"hutchinson_trace: samples must be a positive integer, got {samples!r}")
     rng = backend.rng(seed)
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product, mode=mode) as op:
         estimates = []
         for _ in range(int(samples)):
             z = op.random_vector(rng, "rademacher")
@@ -274,9 +290,9 @@ def hutchinson_trace(model, loss_fn, x, target, *, samples=100, block=None, seed
     return {"trace": json_float(mean), "stderr": stderr, "samples": len(estimates), "block": block, "hvps": hvps}
 
 
-def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto"):
+def gradient_curvature(model, loss_fn, x, target, *, block=None, eps=DEFAULT_EPS, product="auto", mode="probe"):
     """g^T H g / ||g||^2 (``None`` when g = 0 or a value is non-finite)."""
-    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product) as op:
+    with HessianOperator(model, loss_fn, x, target, block=block, eps=eps, product=product, mode=mode) as op:
         g = op.grad
         g_sq = float(op.xp.vdot(g, g))
         if not g_sq > 0.0:
