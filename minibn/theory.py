@@ -372,6 +372,46 @@ def scale_invariance(h, W, gamma, beta, loss, a, b=None):
     return out
 
 
+# --- Scale-invariant weights (Arora, Li, Lyu, ICLR 2019; beyond the paper) -------------
+
+def weight_gradient_orthogonality(h, W, gamma, beta, loss, b=None, grad_W=None):
+    """A weight feeding BN (eps = 0) has its gradient orthogonal to it, unit by unit: BN(x) is
+    invariant to x_j -> a x_j (a > 0), so L(a W_j) is constant in a and its derivative at a = 1,
+    <dL/dW_j, W_j>, is 0. Dense -> BN -> loss by minibn's code: per unit j ``inner`` =
+    <dL_hat/dW_j, W_j> and ``scale`` = ||W_j|| lambda (|gamma_j|/std_j) ||dy_j||, the size the inner
+    product is measured against (Theorem 4.4's bound on ||dL_hat/dW_j|| without its projection,
+    lambda = ||h||_2: a gradient that is zero up to rounding is not measured against itself); with a
+    caller's ``grad_W`` (a trained network's gradient as (d, C)) also ``inner_model`` for it.
+    ``grad_W_code`` is the gradient computed here, ``grad_bound`` the bound per unit."""
+    xp = backend.array_module(W)
+    x, dense_cache = dense.forward(h, W, b)
+    y, bn_cache = bn_forward(x, gamma, beta)
+    _, dy = loss(y)
+    dx, _ = batchnorm.backward_inplace(dy, bn_cache)
+    g = dense.backward(dx, dense_cache)[1]["W"]
+    bound = spectral_norm(h) * xp.sqrt(theorem_4_1(x, gamma, beta, dy)["scale"])
+    out = {"inner": (g * W).sum(axis=0), "scale": xp.sqrt((W * W).sum(axis=0)) * bound, "grad_bound": bound,
+           "grad_W_code": g}
+    if grad_W is not None:
+        out["inner_model"] = (grad_W * W).sum(axis=0)
+    return out
+
+
+def gd_norm_growth(W, grad_W, lr, grad_bound=None):
+    """One plain GD step W' = W - lr g (no momentum, no weight decay) on a weight whose gradient is
+    orthogonal to it grows its norm exactly as ||W'||^2 = ||W||^2 + lr^2 ||g||^2 (Arora et al.'s
+    eq. for the effective learning rate lr / ||W||^2), unit by unit: ``lhs`` = ||W'_j||^2 computed
+    from the stepped weight, ``rhs`` = ||W_j||^2 + lr^2 ||g_j||^2, and ``scale`` = (||W_j|| + lr
+    b_j)^2, the most ||W'_j||^2 can be for a gradient bounded by b_j = ``grad_bound`` (default
+    ||g_j||): the size a difference is measured against."""
+    xp = backend.array_module(W)
+    stepped = W - lr * grad_W
+    norm_W, norm_g = xp.sqrt((W * W).sum(axis=0)), xp.sqrt((grad_W * grad_W).sum(axis=0))
+    bound = norm_g if grad_bound is None else grad_bound
+    return {"lhs": (stepped * stepped).sum(axis=0), "rhs": norm_W ** 2 + lr * lr * norm_g ** 2,
+            "scale": (norm_W + lr * bound) ** 2}
+
+
 # --- Smooth downstream losses with exact Hessian-vector products ----------------------
 
 SMOOTH_LOSSES = ("quadratic_softplus", "logcosh_readout", "softmax_readout")

@@ -314,3 +314,29 @@ def test_normalizer_arguments_are_checked():
         theory.normalizer_scale_invariance(nn.BatchNorm(2, dtype="float64"), x + np.arange(3)[:, None], scales=(-1.0,))
     with pytest.raises(ValueError, match=r"at most 1024 values; got shape \(1025, 1\)"):
         theory.normalizer_projection(nn.BatchNorm(1, dtype="float64"), np.ones((1025, 1)))
+
+
+@EXAMPLES
+@given(**instances, lr=st.sampled_from([1.0, 0.1, 1e-3]))
+def test_weight_feeding_bn_has_orthogonal_gradient_and_gd_grows_its_norm(seed, m, C, d, y_scale, y_offset,
+                                                                         gamma_size, lr):
+    x, W, gamma, beta, loss, _ = layer_instance(seed, m, C, d, y_scale, y_offset, gamma_size)
+    r = theory.weight_gradient_orthogonality(x, W, gamma, beta, loss)
+    tol = rounding_tolerance(x @ W)
+    assert bool((abs(r["inner"]) <= tol * r["scale"]).all())
+    growth = theory.gd_norm_growth(W, r["grad_W_code"], lr, r["grad_bound"])
+    assert bool((abs(growth["lhs"] - growth["rhs"]) <= tol * growth["scale"]).all())
+
+
+def test_orthogonality_and_norm_growth_checks_can_fail():
+    """Without BN (the identity in its place) the gradient of a weight is not orthogonal to it,
+    and a GD step changes its norm by more than lr^2 ||g||^2."""
+    x, W, gamma, beta, loss, _ = layer_instance(5, 12, 3, 4, 1.0, 1.0, 1.0)
+    g = x.T @ loss(x @ W)[1]          # dL/dW of x W -> loss, no normalization
+    inner = (g * W).sum(axis=0)
+    scale = backend.host.sqrt((g * g).sum(axis=0) * (W * W).sum(axis=0))
+    assert float((abs(inner) / scale).max()) > 1e-3
+    growth = theory.gd_norm_growth(W, g, 0.1)
+    assert float((abs(growth["lhs"] - growth["rhs"]) / growth["scale"]).max()) > 1e-4
+    r = theory.weight_gradient_orthogonality(x, W, gamma, beta, loss, grad_W=g)
+    assert float((abs(r["inner_model"]) / r["scale"]).max()) > 1e-3

@@ -41,11 +41,16 @@ STATEMENTS = {
     "layernorm_projection": "LayerNorm (eps = 0, gamma = 1): per sample n, dy_n/dx_n = inv_std_n P_n with P_n = I - "
                             "11^T/m - x_hat_n x_hat_n^T/m a symmetric projection of rank m - 2 (P 1 = P x_hat = 0, "
                             "P^2 = P), and dy_n/dx_l = 0 for l != n (no coupling across the batch)",
+    "weight_grad_orthogonal": "a weight feeding BN (eps = 0) has its gradient orthogonal to it, unit by unit: "
+                              "<dL/dW_j, W_j> = 0 (Arora, Li, Lyu 2019)",
+    "gd_norm_growth": "under one plain GD step (no momentum, no weight decay) such a weight's norm grows as "
+                      "||W_j - lr g_j||^2 = ||W_j||^2 + lr^2 ||g_j||^2 (Arora, Li, Lyu 2019)",
 }
 
 TOLERANCE = {"bn_jacobian": 1e-11, "thm41": 1e-11, "thm41_printed": 1e-11, "thm42_identity": 1e-6,
              "obs43": 1e-11, "thm44": 1e-11, "lemma45_identity": 1e-11, "lemma45_premise": 1e-9,
-             "scale_invariance": 1e-11, "normalizer_scale_invariance": 1e-9, "layernorm_projection": 1e-10}
+             "scale_invariance": 1e-11, "normalizer_scale_invariance": 1e-9, "layernorm_projection": 1e-10,
+             "weight_grad_orthogonal": 1e-11, "gd_norm_growth": 1e-11}
 NUMERIC_JACOBIAN_TOLERANCE = 1e-6
 
 
@@ -142,6 +147,21 @@ def check_weight_layer(tally, source, x, W, gamma, beta, downstream, b=None, gra
     tally.bump("thm44", "max_bound_ratio", ratio)
 
 
+def check_scale_invariant_weight(tally, source, x, W, gamma, beta, downstream, lr, b=None, grad_W=None):
+    """The two identities of a weight feeding BN (x: inputs or patch matrix, W: (d, C)): its
+    gradient orthogonal to it, relative to ||W_j|| times the bound on ||g_j|| (theory.weight_gradient_orthogonality), and the norm growth of one plain GD
+    step of ``lr``, relative to (||W_j|| + lr b_j)^2 with b_j that bound; for minibn's gradient of Dense -> BN ->
+    downstream, and for ``grad_W`` (a trained network's own gradient) where given."""
+    r = theory.weight_gradient_orthogonality(x, W, gamma, beta, downstream, b=b, grad_W=grad_W)
+    xp = backend.array_module(W)
+    pairs = [(r["inner"], r["grad_W_code"])] + ([(r["inner_model"], grad_W)] if grad_W is not None else [])
+    for inner, g in pairs:
+        tally.add("weight_grad_orthogonal", source, float((abs(inner) / xp.maximum(r["scale"], theory.TINY)).max()))
+        growth = theory.gd_norm_growth(W, g, lr, r["grad_bound"])
+        tally.add("gd_norm_growth", source,
+                  float((abs(growth["lhs"] - growth["rhs"]) / xp.maximum(growth["scale"], theory.TINY)).max()))
+
+
 def conv_patches(layer, x):
     """A Conv2d's input as the im2col patch matrix (N*Ho*Wo, kh*kw*C_in) its GEMM multiplies."""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
@@ -174,7 +194,7 @@ class TheoryChecks(Recorder):
             for i in bns:
                 model[i].eps = 0.0
             with model.snapshot():
-                self._measure(step, model, x, target, bns)
+                self._measure(step, model, x, target, bns, optimizer)
         finally:
             for i in bns:
                 model[i].eps = saved_eps[i]
@@ -198,7 +218,7 @@ class TheoryChecks(Recorder):
         grads = {(i, k): g.copy() for i, layer in enumerate(model) for k, g in layer.grads.items()}
         return outputs, value, grads
 
-    def _measure(self, step, model, x, target, bns):
+    def _measure(self, step, model, x, target, bns, optimizer):
         tally, src = self.tally, self.source
         acts, value, grads = self._outputs_and_grads(model, x, target)
         self.records["steps"].append(step)
@@ -223,6 +243,9 @@ class TheoryChecks(Recorder):
                 return v, theory.rows(d)
             check_weight_layer(tally, src, patches, W.reshape(-1, C), gamma, beta, downstream_rows,
                                b=weight.params.get("b"), grad_W=grads[(i - 1, "W")].reshape(-1, C))
+            check_scale_invariant_weight(tally, src, patches, W.reshape(-1, C), gamma, beta, downstream_rows,
+                                         getattr(optimizer, "lr", 1.0), b=weight.params.get("b"),
+                                         grad_W=grads[(i - 1, "W")].reshape(-1, C))
 
             # scale invariance on the whole network: W of layer i-1 times a
             a = float(10.0 ** self.rng.uniform(-1, 1))

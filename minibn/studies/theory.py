@@ -17,7 +17,9 @@ minibn's own BatchNorm and Dense code at eps = 0, on
   (full-batch GD on summed squared error), a small ReLU MLP with BN and a small VGG
   (conv -> BN -> ReLU, minibatch SGD on cross-entropy) on synthetic data;
 
-and the other normalizers' invariances (BatchNorm without gamma, beta, LayerNorm, GroupNorm,
+the two identities of a weight feeding BN (its gradient orthogonal to it; one plain GD step
+growing its squared norm by lr^2 ||g||^2) on the random layers and the trained networks' BN
+layers, and the other normalizers' invariances (BatchNorm without gamma, beta, LayerNorm, GroupNorm,
 WeightNorm) and LayerNorm's per-sample projection on ``--instances`` random inputs of their code.
 
 Writes ``DIR/results.json`` = ``{"study", "config", "checks": [{"name", "statement", "holds",
@@ -40,7 +42,7 @@ import time
 from minibn import backend, io, models, nn, theory, train
 from minibn.data.synthetic import linear_regression
 from minibn.measure.theorychecks import (NUMERIC_JACOBIAN_TOLERANCE, TOLERANCE, Tally, TheoryChecks, check_bn_layer,
-                                         check_weight_layer)
+                                         check_scale_invariant_weight, check_weight_layer)
 from minibn.nn import weightnorm
 from minibn.optim import SGD
 from minibn.studies import common
@@ -64,6 +66,8 @@ def random_instances(tally, n, rng, xp):
         exact = i % 2 == 0          # half the instances use the exact HVP, half differences of the gradient
         check_bn_layer(tally, "random", x @ W, gamma, beta, loss, range(C), rng, hvp=hvp if exact else None)
         check_weight_layer(tally, "random", x, W, gamma, beta, loss)
+        # a step size from the instance's number, so the random stream (and every other check) is unchanged
+        check_scale_invariant_weight(tally, "random", x, W, gamma, beta, loss, lr=10.0 ** -(i % 4))
         a = float(10.0 ** rng.uniform(-3, 3))
         s = theory.scale_invariance(x, W, gamma, beta, loss, a)
         tally.add("scale_invariance", "random", max(

@@ -34,6 +34,11 @@ MEASURED = {
                              "non-idempotence of J_n / s_n, |s_n - inv_std_n| / inv_std_n and the cross-sample "
                              "entries (minibn.theory.normalizer_projection); rank m - 2 and central differences "
                              "within 1e-6 required too"),
+    "weight_grad_orthogonal": ("per weight layer and gradient", "max over units of |<g_j, W_j>| / (||W_j|| lambda (|gamma_j|/sigma_j) ||g_hat_j||), "
+                               "for minibn's Dense -> BN gradient and, on trained networks, the network's own"),
+    "gd_norm_growth": ("per weight layer and gradient", "max over units of | ||W_j - lr g_j||^2 - ||W_j||^2 - lr^2 "
+                       "||g_j||^2 | / (||W_j|| + lr b_j)^2, b_j the bound on ||g_j|| above, lr the network's (random layers: 1, 0.1, 0.01, "
+                       "0.001 in turn)"),
 }
 SOURCES = ("random", "dln", "mlp", "vgg")
 

@@ -11,7 +11,8 @@ from minibn.measure.theorychecks import Tally, TheoryChecks
 from minibn.studies import theory, theory_report
 
 NAMES = ["bn_jacobian", "thm41", "thm41_printed", "thm42_identity", "obs43", "thm44", "lemma45_identity",
-         "lemma45_premise", "scale_invariance", "normalizer_scale_invariance", "layernorm_projection"]
+         "lemma45_premise", "scale_invariance", "normalizer_scale_invariance", "layernorm_projection",
+         "weight_grad_orthogonal", "gd_norm_growth"]
 
 
 @pytest.fixture(scope="module")
