@@ -34,6 +34,7 @@ the records with :func:`write` (``claims.json``) and opens with :func:`summary_t
 
 import math
 import os
+import re
 
 from minibn import backend, io, report
 
@@ -933,6 +934,54 @@ def dln_claims(doc):
         records.append(record(claim_id, statement, paper, quantity.format(layers=dln_cos_layers(doc)), rule,
                               per_seed, headlines.get(claim_id)))
     return records
+
+
+# --- other normalizers in BN's place ---------------------------------------------------------
+
+#: The claims that compare BN with the standard network alone: the conclusions about BN that another
+#: normalizer may carry over (the other claims compare BN with noisy BN or the Lp variants, or with the
+#: paper's own numbers for BN).
+BN_VS_STANDARD = ("vgg.e1.bn_faster_lr0.1", "vgg.e1.bn_faster_lr0.01", "vgg.e1.standard_fails_lr0.5",
+                  "vgg.e3.ics_not_reduced", "vgg.e4.gradpred_two_orders", "vgg.e4.loss_variation_smaller",
+                  "vgg.e4.beta_eff_smaller", "dln.e3.ics_standard_cos1_bn_cos0", "dln.e4.gradpred_orders",
+                  "dln.e4.loss_variation", "dln.e4.beta_eff")
+
+
+def in_place_of_bn(doc, variant):
+    """``doc`` with ``variant``'s runs standing where BN's stand (BN's own left out)."""
+    runs = {name: (dict(run, variant="batchnorm") if run["variant"] == variant else run)
+            for name, run in doc["runs"].items() if run["variant"] != "batchnorm"}
+    return {**doc, "runs": runs}
+
+
+def carry_over(judge_all, doc, variant):
+    """The records of the claims of :data:`BN_VS_STANDARD` that ``judge_all`` (a study's ``doc ->
+    records``: :func:`vgg_claims` or :func:`dln_claims`) gives with ``variant``'s runs in BN's place:
+    each claim's own rule on the same quantities, so a verdict says whether the conclusion about BN
+    carries over to ``variant``. "BN" in the records' value names and reasons is ``variant`` here."""
+    return [r for r in judge_all(in_place_of_bn(doc, variant)) if r["id"] in BN_VS_STANDARD]
+
+
+def carry_over_table(records, carried, study):
+    """Markdown table: for each claim of ``study`` ("vgg" or "dln") in :data:`BN_VS_STANDARD`, BN's
+    record (of ``records``) and each normalizer's (``carried``: ``{variant: carry_over(...)}``), the
+    measured values and the verdict; "not measured" where the study ran no experiment for the claim
+    or lacks a run its rule needs."""
+    rows = []
+    for claim_id in (c for c in BN_VS_STANDARD if c.startswith(study + ".")):
+        for variant, recs in (("batchnorm", records), *carried.items()):
+            name = report.label(variant)
+            rec = next((r for r in recs if r["id"] == claim_id), None)
+            if rec is None:
+                rows.append([f"`{claim_id}`", name, "-", "not measured (experiment not run)"])
+                continue
+            verdict = verdict_text(rec)
+            if not judged(rec["verdict"]) and "no " in rec["verdict"]:
+                verdict = "not measured: " + rec["verdict"][len("not judged: "):]
+            rows.append([f"`{claim_id}`", name, measured_text(rec), verdict])
+    cell = lambda text, name: re.sub(r"\bBN\b", name, str(text).replace("|", "\\|"))  # noqa: E731
+    return report.table(["claim", "normalizer", "measured (median, range over seeds)", "verdict"],
+                        [[row[0], row[1], cell(row[2], row[1]), cell(row[3], row[1])] for row in rows])
 
 
 # --- theory ---------------------------------------------------------------------------------

@@ -35,6 +35,14 @@ def runs_by(doc):
     return out
 
 
+def added_normalizers(doc):
+    """The variants of ``doc`` beyond the paper's (``--variants layernorm ...``), in the registry's order."""
+    from minibn.studies.dln import DEFAULT_VARIANTS
+
+    present = {run["variant"] for run in doc["runs"].values()}
+    return [v for v in normalization.REGISTRY if v in present and v not in DEFAULT_VARIANTS]
+
+
 def lrs_of(doc):
     return sorted({float(r["lr"]) for r in doc["runs"].values()}, reverse=True)
 
@@ -159,7 +167,7 @@ def fig_ics(doc, path):
     fig, axes = report.new_figure(len(layers), 2 * len(lrs))
     for c, lr in enumerate(lrs):
         for r, layer in enumerate(layers):
-            for variant in ("standard", "batchnorm"):
+            for variant in ("standard", "batchnorm", *added_normalizers(doc)):
                 runs = groups.get((variant, lr), [])
                 if not runs:
                     continue
@@ -200,7 +208,7 @@ def fig_landscape(doc, path, variants, lrs=None):
 
 def fig_gradpred_vs_eta(doc, arrays, path):
     groups, lr = runs_by(doc), lrs_of(doc)[0]
-    variants = [v for v in ("standard", "batchnorm") if (v, lr) in groups]
+    variants = [v for v in ("standard", "batchnorm", *added_normalizers(doc)) if (v, lr) in groups]
     fig, axes = report.new_figure(1, max(1, len(variants)))
     import matplotlib.cm as cm
 
@@ -284,19 +292,41 @@ def write_figures_and_report(out, doc, arrays):
         warnings.simplefilter("ignore")  # empty bands and all-NaN medians of diverged runs are expected
         fig_training_loss(doc, os.path.join(out, "fig3_training_loss.png"))
         fig_ics(doc, os.path.join(out, "fig3_ics.png"))
-        fig_landscape(doc, os.path.join(out, "fig9_landscape_bn.png"), ("standard", "batchnorm"))
+        fig_landscape(doc, os.path.join(out, "fig9_landscape_bn.png"), ("standard", "batchnorm", *added_normalizers(doc)))
         lp = [v for v in ("standard", "batchnorm", "l1", "l2", "linf")]
         fig_landscape(doc, os.path.join(out, "fig10_landscape_lp.png"), lp, lrs=lrs_of(doc)[:1])
         if arrays:
             fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
             fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
-    records = claims.dln_claims(doc)
+    records, carried = claims.dln_claims(doc), carried_over(doc)
     claims.write(out, records)
-    common.write_report(out, report_markdown(doc, records))
+    if carried:
+        io.write_json(os.path.join(out, "carry_over.json"), carried)
+    common.write_report(out, report_markdown(doc, records, carried))
 
 
-def report_markdown(doc, records=None):
+def carried_over(doc):
+    """``{variant: records}``: the claims about BN judged with each added normalizer in BN's place
+    (:func:`minibn.claims.carry_over`)."""
+    return {v: claims.carry_over(claims.dln_claims, doc, v) for v in added_normalizers(doc)}
+
+
+def carry_over_lines(records, carried):
+    if not carried:
+        return []
+    return [
+        "## Other normalizers in BN's place", "",
+        f"Which of the paper's conclusions about BN carry over to {', '.join(report.label(v) for v in carried)}: "
+        "each claim that compares BN with the standard network, judged by its own rule on the same quantities "
+        "with the normalizer's runs standing where BN's stand, at the LRs where both it and the standard net ran "
+        "(`minibn.claims.carry_over`; per seed in `carry_over.json`). BN's row repeats its verdict above. "
+        "\"not measured\": the study has no run the rule needs.", "",
+        claims.carry_over_table(records, carried, "dln"), ""]
+
+
+def report_markdown(doc, records=None, carried=None):
     records = claims.dln_claims(doc) if records is None else records
+    carried = carried_over(doc) if carried is None else carried
     same = plateaus(doc)
     plateau_lines = []
     if same:
@@ -336,6 +366,7 @@ def report_markdown(doc, records=None):
         f"{cfg.get('wall_s', math.nan):.1f} s (runs finished earlier and kept by --resume are read back, not "
         f"retrained); the runs' own wall times add up to {sum(r.get('wall_s', 0) for r in doc['runs'].values()):.0f} s "
         f"and their CPU times to {sum(r.get('cpu_s', 0) for r in doc['runs'].values()):.0f} s.", "",
+        *carry_over_lines(records, carried),
         "## Runs", "",
         "lambda_max is the top Hessian eigenvalue of the final weights (power iteration on Hessian-vector "
         "products); lambda_max * LR / 2 near 1 means gradient descent sits at the edge of stability.", "",
@@ -351,11 +382,13 @@ def report_markdown(doc, records=None):
         report.table(["variant", "LR", "fraction cos < 0"], eos), "",
         "## Figures", "",
         "- `fig3_training_loss.png`: training loss per variant (median and min-max over seeds).",
-        "- `fig3_ics.png`: ||G - G'|| and cos(G, G') for layers 9 and 17, standard vs BN.",
+        "- `fig3_ics.png`: ||G - G'|| and cos(G, G') for layers 9 and 17, standard vs BN (and the normalizers "
+        "added beside BN).",
         "- `fig9_landscape_bn.png`: loss variation and gradient predictiveness bands over the eta' grid, and "
-        "beta_eff, standard vs BN (bands: first seed).",
+        "beta_eff, standard vs BN and the normalizers added beside it (bands: first seed).",
         "- `fig10_landscape_lp.png`: the same for the Lp variants at the first LR.",
-        "- `fig11_gradpred_vs_eta.png`: ||grad L(w - eta' g) - g|| against eta', coloured by step (first seed).",
+        "- `fig11_gradpred_vs_eta.png`: ||grad L(w - eta' g) - g|| against eta', coloured by step (first seed): "
+        "standard, BN and the normalizers added beside BN.",
         "- `fig13_activations.png`: distributions of one random unit's pre-activation over training (ridges).", "",
     ]
     return "\n".join(lines)

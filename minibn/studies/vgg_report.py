@@ -26,6 +26,7 @@ import sys
 from minibn import claims, io, report
 from minibn.report import color, floats, fmt, label
 from minibn.studies import common
+from minibn.studies.vgg import compared
 
 np = report.np
 
@@ -198,12 +199,17 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
     report.save(fig, path)
 
 
-def fig_ics(doc, path, lrs, paper_layers=(5, 10)):
+def beside_bn(doc, variants):
+    """``variants`` with the normalizers the study added beside BN (``--variants``) after ``batchnorm``."""
+    return [w for v in variants for w in (compared(doc["config"]) if v == "batchnorm" else [v])]
+
+
+def fig_ics(doc, path, lrs, variants=("standard", "batchnorm"), paper_layers=(5, 10)):
     n = n_conv(doc)
     layers = scaled_layers(n, paper_layers)
     fig, axes = report.new_figure(1 + 2 * len(layers), len(lrs), width=4.4, height=2.6)
     for col, lr in enumerate(lrs):
-        for v in ("standard", "batchnorm"):
+        for v in variants:
             runs = find_runs(doc, v, lr)
             _plot_acc(axes[0, col], runs, "train_acc", label(v), color(v))
             runs = [run for run in runs if run.get("ics")]
@@ -255,10 +261,10 @@ def fig_landscape(doc, path, variants, lr):
     report.save(fig, path)
 
 
-def fig_gradpred_vs_eta(doc, path, lr):
+def fig_gradpred_vs_eta(doc, path, lr, variants=("standard", "batchnorm")):
     import matplotlib.cm as cm
 
-    panels = [(v, [run for run in find_runs(doc, v, lr) if run.get("landscape")]) for v in ("standard", "batchnorm")]
+    panels = [(v, [run for run in find_runs(doc, v, lr) if run.get("landscape")]) for v in variants]
     panels = [(v, runs) for v, runs in panels if runs]
     fig, axes = report.new_figure(1, max(1, len(panels)))
     for ax, (v, runs) in zip(axes[0], panels):
@@ -337,10 +343,29 @@ def seeds_text(cfg):
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
 
 
-def report_markdown(doc, arrays, figures, records=None):
+def carried_over(doc, arrays):
+    """``{variant: records}``: the claims about BN judged with each normalizer the study added beside
+    BN in its place (:func:`minibn.claims.carry_over`)."""
+    return {v: claims.carry_over(lambda d: claims.vgg_claims(d, arrays), doc, v) for v in compared(doc["config"])[1:]}
+
+
+def carry_over_lines(records, carried):
+    if not carried:
+        return []
+    return [
+        "## Other normalizers in BN's place", "",
+        f"Which of the paper's conclusions about BN carry over to {', '.join(label(v) for v in carried)}: each "
+        "claim that compares BN with the standard network, judged by its own rule on the same quantities with the "
+        "normalizer's runs standing where BN's stand (`minibn.claims.carry_over`; per seed in `carry_over.json`). "
+        "BN's row repeats its verdict above. \"not measured\": the study has no run or experiment the rule needs.",
+        "", claims.carry_over_table(records, carried, "vgg"), ""]
+
+
+def report_markdown(doc, arrays, figures, records=None, carried=None):
     cfg = doc["config"]
     env = cfg["environment"]
     records = claims.vgg_claims(doc, arrays) if records is None else records
+    carried = carried_over(doc, arrays) if carried is None else carried
     lines = [
         f"# VGG / CIFAR-10 study, preset `{doc['preset']}`", "",
         "## The paper's claims: verdicts", "",
@@ -360,6 +385,7 @@ def report_markdown(doc, arrays, figures, records=None):
         f"(running statistics, no noise) on {cfg['eval_train_size']} training and {cfg['eval_test_size']} test images "
         f"every {cfg['eval_every']} steps; instruments every {cfg['measure_every']} steps; landscape grid "
         f"{cfg['eta_multipliers']}×LR.", "",
+        *carry_over_lines(records, carried),
         "## Claims beside measurements", "",
         *claims.rules_text(records), "",
         "## Runs", "", runs_table(doc), "",
@@ -397,27 +423,30 @@ def write_figures_and_report(out, doc, arrays):
 
     path = lambda name: os.path.join(out, f"{name}.png")  # noqa: E731
     exps = doc["experiments"]
+    std_bn = beside_bn(doc, ["standard", "batchnorm"])
     if "E1" in exps:
-        make("fig1_accuracy", fig_accuracy, path("fig1_accuracy"), ["standard", "batchnorm"], [lr, cfg["lr_high"]], "E1")
-        make("fig1_activations", fig_histograms, path("fig1_activations"), ["standard", "batchnorm"], (3, 11), lr)
+        make("fig1_accuracy", fig_accuracy, path("fig1_accuracy"), std_bn, [lr, cfg["lr_high"]], "E1")
+        make("fig1_activations", fig_histograms, path("fig1_activations"), std_bn, (3, 11), lr)
     if "E2" in exps:
-        variants = ["standard", "standard_noisy", "batchnorm", "noisy"]
+        variants = beside_bn(doc, ["standard", "standard_noisy", "batchnorm", "noisy"])
         make("fig2_noisy_accuracy", fig_accuracy, path("fig2_noisy_accuracy"), variants, [lr], "E2")
         make("fig2_noisy_activations", fig_ridges, path("fig2_noisy_activations"), variants, (2, 9, 13), lr)
         make("fig8_moments", fig_moments, path("fig8_moments"), variants, lr)
     if "E3" in exps:
-        make("fig3_ics", fig_ics, path("fig3_ics"), [lr, cfg["lr_low"]])
+        make("fig3_ics", fig_ics, path("fig3_ics"), [lr, cfg["lr_low"]], std_bn)
     if "E4" in exps:
-        make("fig4_landscape", fig_landscape, path("fig4_landscape"), ["standard", "batchnorm"], lr)
-        make("fig11_gradpred_vs_eta", fig_gradpred_vs_eta, path("fig11_gradpred_vs_eta"), lr)
+        make("fig4_landscape", fig_landscape, path("fig4_landscape"), std_bn, lr)
+        make("fig11_gradpred_vs_eta", fig_gradpred_vs_eta, path("fig11_gradpred_vs_eta"), lr, std_bn)
     if "E5" in exps:
-        lp = ["standard", "batchnorm", "l1", "l2", "linf"]
+        lp = beside_bn(doc, ["standard", "batchnorm", "l1", "l2", "linf"])
         make("fig5_lp_training", fig_accuracy, path("fig5_lp_training"), lp, [lr], "E5")
         make("fig6_lp_landscape", fig_landscape, path("fig6_lp_landscape"), lp, lr)
         make("fig12_lp_activations", fig_histograms, path("fig12_lp_activations"), lp, (3, 11), lr)
-    records = claims.vgg_claims(doc, arrays)
+    records, carried = claims.vgg_claims(doc, arrays), carried_over(doc, arrays)
     claims.write(out, records)
-    common.write_report(out, report_markdown(doc, arrays, made, records))
+    if carried:
+        io.write_json(os.path.join(out, "carry_over.json"), carried)
+    common.write_report(out, report_markdown(doc, arrays, made, records, carried))
     return made
 
 

@@ -77,6 +77,42 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
             assert "samples" not in run["moments"]["blocks"][block]  # kept out of results.json
 
 
+def test_added_normalizers_run_beside_bn_in_figures_and_report(tmp_path, monkeypatch):
+    from minibn import report
+
+    added = ("layernorm", "groupnorm", "weightnorm")
+    assert dln.main(["--preset", "smoke", "--out", str(tmp_path), "--jobs", "1", "--steps", "10", "--no-report",
+                     "--variants", "standard", "batchnorm", *added]) == 0
+    doc = io.read_json(tmp_path / "results.json")
+    # the preset's standard and BN runs at both LRs; the added normalizers at the first LR
+    assert sorted(doc["runs"]) == sorted(["standard_lr0.0001_seed0", "batchnorm_lr0.0001_seed0",
+                                          "standard_lr1e-05_seed0", "batchnorm_lr1e-05_seed0"] +
+                                         [f"{v}_lr0.0001_seed0" for v in added])
+    drawn = {}
+    monkeypatch.setattr(report, "save", lambda fig, path: drawn.__setitem__(os.path.basename(path)[:-4], fig))
+    import numpy as np
+
+    with np.load(tmp_path / "results.npz") as stored:
+        dln_report.write_figures_and_report(str(tmp_path), doc, dict(stored))
+    for figure in ("fig3_ics", "fig9_landscape_bn"):
+        legend = {t.get_text() for ax in drawn[figure].axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+        assert {report.label(v) for v in ("standard", "batchnorm", *added)} <= legend, (figure, legend)
+    assert len(drawn["fig11_gradpred_vs_eta"].axes) == 5
+    # the claims about BN stay about BN; each normalizer judged by the same rules in BN's place
+    bn_only = {**doc, "runs": {n: r for n, r in doc["runs"].items() if r["variant"] in ("standard", "batchnorm")}}
+    assert io.read_json(tmp_path / "claims.json") == io.jsonable(claims.dln_claims(bn_only))
+    carried = io.read_json(tmp_path / "carry_over.json")
+    assert sorted(carried) == sorted(added)
+    text = (tmp_path / "report.md").read_text()
+    section = text[text.index("## Other normalizers in BN's place"):text.index("## Runs")]
+    for v in added:
+        assert [r["id"] for r in carried[v]] == [c for c in claims.BN_VS_STANDARD if c.startswith("dln.")]
+        for r in carried[v]:
+            assert f"| `{r['id']}` | {report.label(v)} |" in section
+            # judged at the one LR it ran: no value of the other LR
+            assert not any("1e-05" in k for s in r["seeds"] for k in s["values"]), r
+
+
 def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
     """Ctrl-C (SIGINT to the process group) a real two-worker study after its first checkpoint,
     then --resume it: the result equals an uninterrupted run's."""

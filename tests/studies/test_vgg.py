@@ -222,6 +222,7 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--only", "batchnorm_lr0.1_seed0,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
     (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--variants", "layernorm", "rmsnorm"], "unknown variant\\(s\\) \\['rmsnorm'\\]"),
 ])
 def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -256,6 +257,77 @@ def test_plan_shares_runs_between_experiments():
     assert runs["standard_lr0.1_seed0"]["ics"] and runs["standard_lr0.1_seed0"]["landscape"]
     assert runs["batchnorm_lr0.01_seed0"]["ics"] and not runs["batchnorm_lr0.01_seed0"]["landscape"]
     assert not runs["standard_lr0.5_seed0"]["ics"]
+
+
+def test_added_variants_run_wherever_bn_runs_with_bns_instruments():
+    cfg = {**vgg.PRESETS["cpu"], "seeds": [0], "variants": ["layernorm", "weightnorm"]}
+    runs = vgg.plan(cfg, ["E2", "E3"])
+    bn_like = {name.replace("batchnorm", v): spec for name, spec in runs.items() if spec["variant"] == "batchnorm"
+               for v in ("layernorm", "weightnorm")}
+    assert sorted(runs) == sorted(set(vgg.plan({**cfg, "variants": []}, ["E2", "E3"])) | set(bn_like))
+    for name in bn_like:  # same LR, experiments and instruments as BN's run
+        bn = runs[name.replace("layernorm", "batchnorm").replace("weightnorm", "batchnorm")]
+        assert {k: runs[name][k] for k in ("lr", "experiments", "ics", "landscape")} == \
+               {k: bn[k] for k in ("lr", "experiments", "ics", "landscape")}, name
+    assert runs["layernorm_lr0.01_seed0"]["ics"] and not runs["noisy_lr0.1_seed0"]["ics"]
+
+
+@pytest.fixture(scope="module")
+def normalizers(data_dir, tmp_path_factory):
+    """E1 and E4 of the smoke preset with LayerNorm, GroupNorm and WeightNorm beside BN (2 steps)."""
+    out = str(tmp_path_factory.mktemp("vgg-normalizers"))
+    assert vgg.main(["--preset", "smoke", "--data-dir", data_dir, "--out", out, "--jobs", "1", "--steps", "2",
+                     "--experiments", "E1,E4", "--variants", "layernorm", "groupnorm", "weightnorm"]) == 0
+    return out
+
+
+def test_added_variants_appear_in_results_figures_and_report(normalizers, tmp_path, monkeypatch):
+    doc = io.read_json(os.path.join(normalizers, "results.json"))
+    added = ("layernorm", "groupnorm", "weightnorm")
+    assert sorted(doc["runs"]) == sorted(f"{v}_lr{lr}_seed0" for v in ("standard", "batchnorm", *added)
+                                         for lr in ("0.1", "0.5"))
+    for v in added:
+        run = doc["runs"][f"{v}_lr0.1_seed0"]
+        assert run["ics"] is not None and run["landscape"] is not None and run["moments"]["layers"]
+    shutil.copy(os.path.join(normalizers, "results.npz"), tmp_path / "results.npz")
+    _, drawn = bands_drawn(tmp_path, doc, monkeypatch)
+    labels = {name: {text.get_text() for ax in fig.axes if ax.get_legend() for text in ax.get_legend().get_texts()}
+              for name, fig in drawn.items()}
+    for v in added:
+        name = report.label(v)
+        assert {f"{name}, LR 0.1", f"{name}, LR 0.5"} <= labels["fig1_accuracy"], labels["fig1_accuracy"]
+        assert name in labels["fig1_activations"] and name in labels["fig4_landscape"]
+        assert any(name in ax.get_title() for ax in drawn["fig11_gradpred_vs_eta"].axes)
+    # the claims about BN stay about BN: the same records as the study without the added runs
+    bn_only = {**doc, "runs": {n: r for n, r in doc["runs"].items() if r["variant"] in ("standard", "batchnorm")}}
+    with np.load(os.path.join(normalizers, "results.npz")) as stored:
+        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
+    assert io.read_json(os.path.join(normalizers, "claims.json")) == io.jsonable(claims.vgg_claims(bn_only, arrays))
+    # each added normalizer judged by BN's rules in BN's place, beside BN's rows in the report
+    carried = io.read_json(os.path.join(normalizers, "carry_over.json"))
+    assert sorted(carried) == sorted(added)
+    text = open(os.path.join(normalizers, "report.md")).read()
+    section = text[text.index("## Other normalizers in BN's place"):text.index("## Claims beside measurements")]
+    for claim_id in ("vgg.e1.bn_faster_lr0.1", "vgg.e1.standard_fails_lr0.5", "vgg.e4.gradpred_two_orders"):
+        for v in added:
+            assert [r["id"] for r in carried[v]].count(claim_id) == 1
+            assert f"| `{claim_id}` | {report.label(v)} |" in section
+    assert "| `vgg.e3.ics_not_reduced` | LayerNorm | - | not measured (experiment not run) |" in section
+
+
+def test_a_normalizer_in_bns_place_gets_bns_verdicts_when_its_runs_are_bns(normalizers):
+    doc = io.read_json(os.path.join(normalizers, "results.json"))
+    with np.load(os.path.join(normalizers, "results.npz")) as stored:
+        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
+    judge = lambda d: claims.vgg_claims(d, arrays)  # noqa: E731
+    twin = {**doc, "runs": {**doc["runs"], **{n.replace("batchnorm", "layernorm"): dict(r, variant="layernorm")
+                                              for n, r in doc["runs"].items() if r["variant"] == "batchnorm"}}}
+    bn = {r["id"]: r for r in judge(doc)}
+    for r in claims.carry_over(judge, twin, "layernorm"):
+        assert r["verdict"] == bn[r["id"]]["verdict"] and r["seeds"] == bn[r["id"]]["seeds"], r["id"]
+    # with its own runs, its own values
+    own = claims.carry_over(judge, doc, "weightnorm")
+    assert [r["seeds"] for r in own] != [bn[r["id"]]["seeds"] for r in own]
 
 
 def test_train_mode_moments_see_the_noise_and_leave_the_model_untouched():
