@@ -304,28 +304,35 @@ class HessianRecorder(Recorder):
     """Callback: top eigenvalue (Lanczos) and curvature along the gradient every ``every`` steps;
     optionally the Hutchinson trace (``trace_samples`` > 0) and per-block top eigenvalues.
 
-    ``result()``: ``{"steps", "top_eigenvalue", "curvature"[, "trace"][, "block_top_eigenvalue"]}``.
+    ``which`` ("LM" or "LA", :func:`top_eigenvalue`) and ``mode`` ("probe": the train-mode loss,
+    or "eval") are passed on; ``data``, when given, is a fixed ``(x, target)`` (arrays, or lists of
+    chunks) measured at every step instead of the step's batch; ``curvature=False`` skips g^T H g.
+    ``result()``: ``{"steps", "top_eigenvalue"[, "curvature"][, "trace"][, "block_top_eigenvalue"]}``.
     """
 
     def __init__(self, loss_fn, every=100, *, method="lanczos", trace_samples=0, per_block=False,
-                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, product="auto", name="hessian"):
-        self.trace_samples, self.per_block = int(trace_samples), per_block
+                 iterations=100, tol=1e-4, seed=0, eps=DEFAULT_EPS, product="auto", name="hessian", which="LM",
+                 mode="probe", data=None, curvature=True):
+        self.trace_samples, self.per_block, self.curvature = int(trace_samples), per_block, curvature
         super().__init__(name, every, {k: [] for k in self.keys()})
-        self.loss_fn = loss_fn
+        self.loss_fn, self.data = loss_fn, data
         self.options = {"method": method, "iterations": iterations, "tol": tol, "seed": seed, "eps": eps,
-                        "product": product}
-        self.product = {"eps": eps, "product": product}
+                        "product": product, "which": which, "mode": mode}
+        self.product = {"eps": eps, "product": product, "mode": mode}
 
     def keys(self):
-        return ("steps", "top_eigenvalue", "curvature") + (("trace",) if self.trace_samples else ()) \
-            + (("block_top_eigenvalue",) if self.per_block else ())
+        return ("steps", "top_eigenvalue") + (("curvature",) if self.curvature else ()) \
+            + (("trace",) if self.trace_samples else ()) + (("block_top_eigenvalue",) if self.per_block else ())
 
     def __call__(self, step, model, x, target, optimizer):
+        if self.data is not None:
+            x, target = self.data
         args = (model, self.loss_fn, x, target)
         rec = self.records
         rec["steps"].append(int(step))
         rec["top_eigenvalue"].append(top_eigenvalue(*args, **self.options)["eigenvalue"])
-        rec["curvature"].append(gradient_curvature(*args, **self.product))
+        if self.curvature:
+            rec["curvature"].append(gradient_curvature(*args, **self.product))
         if self.trace_samples:
             rec["trace"].append(hutchinson_trace(*args, samples=self.trace_samples, seed=self.options["seed"],
                                                  **self.product)["trace"])

@@ -117,3 +117,13 @@ def test_chunked_operator_is_the_mean_of_the_chunks_hessians(case):
         hessian.HessianOperator(model, nn.squared_error, [x, x2], [y])
     # eval mode is another function: running statistics, not the batch's
     assert not np.allclose(full_hessian(model, x, y, mode="eval"), H1)
+
+
+def test_hessian_recorder_measures_a_fixed_set_in_the_mode_asked(case):
+    model, x, y = case
+    other_x, other_y = batch(8, 2, seed=9)
+    rec = hessian.HessianRecorder(nn.squared_error, every=1, which="LA", mode="eval", data=(x, y), curvature=False,
+                                  tol=1e-10)
+    rec(0, model, other_x, other_y, None)
+    expected = hessian.top_eigenvalue(model, nn.squared_error, x, y, which="LA", mode="eval", tol=1e-10)["eigenvalue"]
+    assert rec.result() == {"steps": [0], "top_eigenvalue": [pytest.approx(expected, rel=1e-8)]}
