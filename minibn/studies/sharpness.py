@@ -67,7 +67,7 @@ PRESETS = {
                 "measure_every": 200, "lanczos_tol": 1e-4, "slq_steps": 90, "slq_probes": 4},
         "width": {"dln_preset": "paper", "widths": [10, 20, 30], "runs": [["standard", 1e-6], ["batchnorm", 1e-6]]},
         "vgg": {"config": [8, "M", 16, "M", 32, "M", 32, "M"], "width": 1.0, "steps": 1000, "batch": 128, "lr": 0.1,
-                "train_size": None, "measure_size": 4160, "chunk": 130, "measure_every": 500, "lanczos_tol": 1e-3,
+                "train_size": None, "measure_size": 4160, "chunk": 130, "measure_every": 1000, "lanczos_tol": 1e-3,
                 "lanczos_iterations": 5, "elr_every": 50, "slq_steps": 10, "slq_probes": 2, "test_size": 2000,
                 "checkpoint_every": 250},
         "depth": {"dln": {"depth": 25, "width": 10, "samples": 1000}, "mlp": {"depth": 32, "width": 64, "samples": 256},
