@@ -4,6 +4,10 @@
 * :mod:`minibn.measure.landscape` -- loss and gradient along the gradient direction;
 * :mod:`minibn.measure.moments` -- activation moments and samples for ridge plots;
 * :mod:`minibn.measure.hessian` -- Hessian-vector products, top eigenvalue, trace, curvature;
+* :mod:`minibn.measure.slq` -- the Hessian's eigenvalue density by stochastic Lanczos quadrature;
+* :mod:`minibn.measure.effective_lr` -- norm, effective learning rate and step angle of the
+  weights feeding a normalizer;
+* :mod:`minibn.measure.depth` -- gradient norms and representation ranks against depth;
 * :mod:`minibn.measure.theorychecks` -- the paper's Section 4 statements on every BatchNorm layer of a
   training model (docs/theory.md).
 
