@@ -168,3 +168,14 @@ def test_docs_state_the_rules_the_code_applies():
     assert claims.rules_reference(sharpness_report.RULES) in text
     index = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "index.md"), encoding="utf-8").read()
     assert "(sharpness.md)" in index
+
+
+def test_run_from_python_returns_what_results_json_holds(tmp_path):
+    doc = sharpness.run(out=str(tmp_path / "o"), preset="smoke", parts=["depth"], seeds=2)
+    assert doc == io.read_json(str(tmp_path / "o" / "results.json"))
+    assert sorted(doc["runs"]) == ["depth_seed0", "depth_seed1"]
+    records = io.read_json(str(tmp_path / "o" / "claims.json"))
+    assert [r["id"] for r in records] == ["sharpness.depth_bn_gradients_grow", "sharpness.depth_bn_keeps_rank"]
+    assert all(len(r["seeds"]) == 2 for r in records)
+    with pytest.raises(ValueError, match="--seeds"):
+        sharpness.run(out=str(tmp_path / "p"), preset="smoke", parts=["depth"], seeds=0)
