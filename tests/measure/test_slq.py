@@ -127,3 +127,29 @@ def test_hessian_recorder_measures_a_fixed_set_in_the_mode_asked(case):
     rec(0, model, other_x, other_y, None)
     expected = hessian.top_eigenvalue(model, nn.squared_error, x, y, which="LA", mode="eval", tol=1e-10)["eigenvalue"]
     assert rec.result() == {"steps": [0], "top_eigenvalue": [pytest.approx(expected, rel=1e-8)]}
+
+
+def test_new_instruments_on_both_backends(xp):
+    """SLQ, the depth profile and the effective-LR recorder give NumPy's numbers on CuPy (the
+    stand-in where no GPU is usable)."""
+    from minibn import backend, optim
+    from minibn.measure import depth, effective_lr
+
+    x, y = batch(8, 2, seed=3)
+    host = relu_bn_net()
+    want = slq.spectral_density(host, nn.squared_error, x, y, steps=6, probes=2, seed=4)
+    want_depth = depth.depth_profile(host, nn.squared_error, x, y)
+    model = relu_bn_net().to(backend.name_of(xp))
+    xd, yd = backend.to_device(x, xp), backend.to_device(y, xp)
+    got = slq.spectral_density(model, nn.squared_error, xd, yd, steps=6, probes=2, seed=4)
+    assert got["lambda_max"] == pytest.approx(want["lambda_max"], rel=1e-10)
+    np.testing.assert_allclose(got["density"], want["density"], rtol=1e-8, atol=1e-12)
+    got_depth = depth.depth_profile(model, nn.squared_error, xd, yd)
+    assert got_depth["rank"] == want_depth["rank"]
+    np.testing.assert_allclose(got_depth["grad_norm"], want_depth["grad_norm"], rtol=1e-12)
+    np.testing.assert_allclose(got_depth["effective_rank"], want_depth["effective_rank"], rtol=1e-10)
+    rec = effective_lr.EffectiveLRRecorder(nn.squared_error, every=1)
+    rec(0, model, xd, yd, optim.SGD(model, 0.1))
+    ref = effective_lr.EffectiveLRRecorder(nn.squared_error, every=1)
+    ref(0, host, x, y, optim.SGD(host, 0.1))
+    np.testing.assert_allclose(rec.result()["angle"], ref.result()["angle"], rtol=1e-10)
