@@ -13,7 +13,8 @@ with every layer in "probe" mode (batch statistics, no state change). No shift m
 l2 = 0 and cos = 1. G'_1 = G_1 by definition (no earlier layers).
 
 Cost: k forward/backward passes -- one for G, then one per block i >= 2, applying
-block i-1's update before each (the updates accumulate, so pass i sees W'_1..W'_{i-1}).
+block i-1's update before each (the updates accumulate, so pass i sees W'_1..W'_{i-1}),
+its backward stopping at block i (about half a backward on average).
 The parameters are written back bit-exactly afterwards.
 """
 
@@ -63,7 +64,8 @@ def measure_ics(model, loss_fn, x, target, optimizer, *, block_lrs=None):
             for layer_index in blocks[i - 1]:  # W'_{i-1} = W_{i-1} + delta_{i-1}, as step() would
                 for key, delta in block_updates[i - 1][layer_index].items():
                     model[layer_index].params[key] += delta
-            model.value_and_grad(loss_fn, x, target, mode="probe")
+            # G'_i needs the backward only down to block i's first layer
+            model.value_and_grad(loss_fn, x, target, mode="probe", first=blocks[i][0])
             d, c = _l2_and_cos(grads[i], block_vector(model, blocks[i]), xp)
             l2.append(d)
             cos.append(c)

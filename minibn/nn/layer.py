@@ -329,16 +329,23 @@ class Sequential(Layer):
             x = layer.forward(x, mode)
         return x
 
-    def backward(self, dy):
-        for layer in reversed(self.layers):
+    def backward(self, dy, first=0):
+        """Backward through ``layers[first:]``, last to first; returns the gradient of their input.
+        Layers before ``first`` keep the ``grads`` they had: a caller that needs the gradients of
+        the upper layers only (ICS, block by block) stops there and saves the rest of the pass."""
+        if not (isinstance(first, int) and not isinstance(first, bool) and 0 <= first < len(self.layers)):
+            raise LayerError(f"{self.describe()}: backward's first must be a layer index in 0..{len(self.layers) - 1}, "
+                             f"got {first!r}")
+        for layer in reversed(self.layers[first:]):
             dy = layer.backward(dy)
         return dy
 
-    def value_and_grad(self, loss_fn, x, target, mode="train"):
-        """Forward, loss, backward: returns the loss and fills every layer's ``grads``."""
+    def value_and_grad(self, loss_fn, x, target, mode="train", first=0):
+        """Forward, loss, backward: returns the loss and fills the ``grads`` of every layer (of
+        ``layers[first:]`` with ``first``, see :meth:`backward`)."""
         out = self.forward(x, mode)
         loss, dout = loss_fn(out, target)
-        self.backward(dout)
+        self.backward(dout, first)
         return loss
 
     @property

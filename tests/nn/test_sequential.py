@@ -96,6 +96,28 @@ def test_flat_grads_match_each_layer_grads_and_value_and_grad():
     assert abs((losses[0] - losses[1]) / (2 * eps) - float(g @ u)) < 1e-5 * (1 + abs(float(g @ u)))
 
 
+def test_backward_from_a_first_layer_gives_the_upper_grads_and_leaves_the_lower_ones():
+    net = model()
+    x, target = data()
+    loss = net.value_and_grad(nn.squared_error, x, target, mode="probe")
+    full = [dict(layer.grads) for layer in net]
+    for i in net.blocks():
+        for layer in net:
+            layer.grads = {k: np.full_like(v, np.nan) for k, v in layer.grads.items()}
+        first = i[0]
+        assert net.value_and_grad(nn.squared_error, x, target, mode="probe", first=first) == loss
+        for index, layer in enumerate(net):
+            for key, g in layer.grads.items():
+                if index >= first:
+                    np.testing.assert_array_equal(g, full[index][key])   # the same passes, bit for bit
+                else:
+                    assert np.isnan(g).all()                              # not touched
+    for bad in (-1, len(net), 1.5):
+        with pytest.raises(nn.LayerError, match=rf"Sequential\(10 layers\): backward's first must be a layer index "
+                                                rf"in 0..9, got {bad}"):
+            net.backward(np.ones((6, 2)), first=bad)
+
+
 @pytest.mark.parametrize("mode", ["train", "probe"])
 def test_whole_model_gradcheck(mode):
     check_layer(model(), data()[0], mode=mode)
