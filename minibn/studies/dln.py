@@ -236,14 +236,41 @@ def main(argv=None):
     return common.main_guard(lambda: run_validated(args, command), args.out, command)
 
 
+def step_seconds(cfg, variants, steps=5):
+    """CPU seconds of one training step of each variant at the study's shapes, timed here over a
+    few steps after a warm-up one (about a second in all): the runs' relative costs, so that
+    :func:`schedule` can start the longest first. Timed on NumPy whatever the backend."""
+    rng = backend.rng(0)
+    X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
+    seconds = {}
+    for variant in variants:
+        model = models.dln(cfg["depth"], cfg["width"], norm=None if variant == "standard" else variant,
+                           norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
+        optimizer = SGD(model, 1e-12)
+        model.value_and_grad(loss_fn, X, Y)
+        start = time.process_time()
+        for _ in range(steps):
+            model.value_and_grad(loss_fn, X, Y)
+            optimizer.step()
+        seconds[variant] = (time.process_time() - start) / steps
+    return seconds
+
+
+def schedule(specs, seconds):
+    """The runs in the order they start: seed by seed, so an interrupted study leaves whole seeds;
+    within a seed the costliest first (``seconds`` per step of each variant, as
+    :func:`step_seconds` gives), so that no worker is left alone with a long run at the end."""
+    return sorted(specs, key=lambda s: (s["seed"], -seconds[s["variant"]]))
+
+
 def run_all(specs, jobs, executor="local", scheduler=None):
     """Runs in ``jobs`` worker processes (spawned with one BLAS thread each), or as Dask tasks
-    (:func:`minibn.studies.common.run_tasks`); longest-first."""
+    (:func:`minibn.studies.common.run_tasks`), in the order of :func:`schedule`."""
     from tqdm.auto import tqdm
 
-    # Seed by seed, so an interrupted study leaves whole seeds; within a seed the normalized runs,
-    # which cost more, start first.
-    order = sorted(specs, key=lambda s: (s["seed"], s["variant"] == "standard"))
+    order = specs
+    if len(specs) > 1 and (jobs is None or jobs > 1 or executor == "dask"):
+        order = schedule(specs, step_seconds(specs[0]["config"], dict.fromkeys(s["variant"] for s in specs)))
     results = {}
     bar = tqdm(total=len(order), desc="runs", disable=None)
     backend_name = specs[0]["config"]["backend"] if specs else "numpy"

@@ -224,3 +224,15 @@ def test_run_returns_what_results_json_holds(tmp_path):
     assert doc["config"]["command"].startswith("minibn.studies.dln.run(")
     with pytest.raises(ValueError, match="unknown variant"):
         dln.run(out=str(tmp_path / "other"), preset="smoke", variants=["bogus"])
+
+
+def test_runs_start_seed_by_seed_the_costliest_first():
+    cfg = dln.build_config(dln.parse_args(["--preset", "smoke"]))
+    seconds = dln.step_seconds(cfg, ["standard", "batchnorm", "noisy"], steps=2)
+    assert set(seconds) == {"standard", "batchnorm", "noisy"} and all(t > 0 for t in seconds.values())
+    specs = [{"seed": seed, "variant": v, "lr": lr} for seed in (1, 0) for v, lr in
+             [("standard", 1e-6), ("batchnorm", 1e-6), ("noisy", 1e-6), ("batchnorm", 1e-7)]]
+    order = dln.schedule(specs, {"standard": 1.0, "batchnorm": 5.0, "noisy": 11.0})
+    assert [(s["seed"], s["variant"]) for s in order] == [
+        (0, "noisy"), (0, "batchnorm"), (0, "batchnorm"), (0, "standard"),
+        (1, "noisy"), (1, "batchnorm"), (1, "batchnorm"), (1, "standard")]
