@@ -10,6 +10,8 @@ of one run of `python -m minibn.studies.dln` (the instruments add about a third 
 import argparse
 import time
 
+import blas  # benchmarks/blas.py, beside this script
+
 from minibn import backend, models, nn
 from minibn.data.synthetic import linear_regression
 from minibn.optim import SGD
@@ -51,6 +53,7 @@ def main():
     except OSError:
         load = "unknown"
     print(f"DLN step, 25 x Dense(10, 10), 1000 samples, float64, backend {args.backend}; load average {load}")
+    print(blas.describe())
     print(f"{'variant':>10} {'wall ms':>9} {'CPU ms':>8} {'10k steps, s':>13}")
     for variant in args.variants:
         wall, cpu = time_variant(variant, args.backend, args.steps)

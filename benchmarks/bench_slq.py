@@ -13,6 +13,8 @@ import argparse
 import os
 import time
 
+import blas  # benchmarks/blas.py, beside this script
+
 import numpy as np
 
 from minibn import nn
@@ -55,6 +57,7 @@ def main():
     print(f"the same {out['hvps']} products alone: {products:.2f} s")
     print(f"ratio SLQ / products: {total / products:.2f} (target <= 2); lambda_max {out['lambda_max']:.4g}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(blas.describe())
 
 
 if __name__ == "__main__":

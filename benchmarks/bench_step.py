@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+import blas  # benchmarks/blas.py, beside this script
+
 IMAGES = {"vgg16": 128, "block": 128}
 
 
@@ -157,7 +159,7 @@ def child(args):
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"times": times, "peak_rss_mb": peak, "rss_before_mb": rss_before,
-                      "device_pool_mb": device_memory()}))
+                      "device_pool_mb": device_memory(), "blas": blas.describe()}))
 
 
 def measure(args, what, framework, malloc):
@@ -210,7 +212,7 @@ def main(argv=None):
     print(f"threads: {args.threads} (os.cpu_count()={os.cpu_count()}); minibn backend: {args.backend}; "
           f"float32, batch {args.batch}; warmup {args.warmup}, median of {args.repeats}; "
           f"load average now {os.getloadavg()[0]:.2f}")
-    results = []
+    results, printed_blas = [], None
     for malloc in args.malloc.split(","):
         for what in args.what.split(","):
             if what not in IMAGES:
@@ -228,6 +230,9 @@ def main(argv=None):
                 if "error" in r:
                     print(f"  {name:22s} failed: {r['error']}")
                     continue
+                if framework == "minibn" and r["blas"] != printed_blas:
+                    printed_blas = r["blas"]
+                    print(f"  ({printed_blas}, in the minibn process)")
                 extra = f"  device pool {r['device_pool_mb']:.0f} MB" if r.get("device_pool_mb") is not None else ""
                 print(f"  {name:22s} {r['images_per_s']:9.1f} {r['median_s']:9.3f} "
                       f"{min(r['times']):7.3f}-{max(r['times']):<7.3f} {r['peak_rss_mb']:12.0f} "

@@ -13,6 +13,8 @@ of the preset's size, timed after one warm-up step: the figure the presets are s
 import argparse
 import time
 
+import blas  # benchmarks/blas.py, beside this script
+
 from minibn import backend, models
 from minibn.optim import SGD
 from minibn.studies import vgg
@@ -47,6 +49,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = vgg.PRESETS[args.preset]
     print(f"VGG {cfg['config']} at width {cfg['width']:g}, batch {cfg['batch']}, backend {args.backend}")
+    print(blas.describe())
     for variant in args.variants:
         rate = step_throughput(cfg, variant, args.backend, args.steps)
         print(f"{variant:15s} {rate:8.0f} images/s  ({cfg['batch'] / rate * 1e3:.0f} ms per step)")
