@@ -109,6 +109,15 @@ def test_subgradient_choices_at_the_kinks():
     expected[2, 0] = -1.0    # unique max |x| in channel 0, negative
     expected[0, 1] = 1.0     # |2| = |-2| = |2|: a three-way tie, the first row takes it
     np.testing.assert_array_equal(lpnorm.lp_norm_grad(x, math.inf, ninf), expected)
+    # the forward finds the maximizer once and the backward reuses it: the same norm and subgradient
+    norm, first_max = lpnorm.lp_norm_and_maximizer(x, math.inf)
+    np.testing.assert_array_equal(norm, np.abs(x).max(axis=0))
+    np.testing.assert_array_equal(first_max, [2, 0])
+    np.testing.assert_array_equal(lpnorm.lp_norm_grad(x, math.inf, norm, first_max), expected)
+    assert lpnorm.lp_norm_and_maximizer(x, 2)[1] is None
+    with_nan = x.copy()
+    with_nan[1, 1] = np.nan              # a NaN column gives a NaN norm, as max does
+    np.testing.assert_array_equal(lpnorm.lp_norm_and_maximizer(with_nan, math.inf)[0], [3.0, np.nan])
 
 
 def test_p1_at_zero_the_gradient_is_the_mean_of_the_one_sided_slopes():
