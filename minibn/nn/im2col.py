@@ -25,10 +25,11 @@ ho*sh + i are distinct, so no two writes collide and no scatter-add is needed. T
 deterministic and the same code on NumPy and CuPy.
 
 Layers build ``cols`` for a few images at a time (:func:`image_chunks`), never for the
-whole batch at once.
+whole batch at once, with :func:`im2col_threaded` and :func:`col2im_threaded`: the same
+copies and adds for blocks of images on the thread pool of :mod:`minibn.parallel`.
 """
 
-from minibn import backend
+from minibn import backend, parallel
 
 
 def pair(value, arg, layer, minimum=1):
@@ -78,11 +79,15 @@ def windows(x_pad, kh, kw, sh, sw):
         x_pad, shape=(n, ho, wo, kh, kw, c), strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
 
 
-def im2col(x_pad, kh, kw, sh, sw):
-    """``cols`` of shape (N*Ho*Wo, kh*kw*C): the windows of ``x_pad`` copied once into a matrix."""
+def im2col(x_pad, kh, kw, sh, sw, out=None):
+    """``cols`` of shape (N*Ho*Wo, kh*kw*C): the windows of ``x_pad`` copied once into a matrix
+    (into ``out``, a C-contiguous array of that shape, when given)."""
     view = windows(x_pad, kh, kw, sh, sw)
     n, ho, wo = view.shape[:3]
-    return view.reshape(n * ho * wo, -1)  # the one copy: the view is not contiguous
+    if out is None:
+        return view.reshape(n * ho * wo, -1)  # the one copy: the view is not contiguous
+    out.reshape(view.shape)[...] = view
+    return out
 
 
 def col2im(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
@@ -102,6 +107,32 @@ def col2im(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
         for j in range(kw):
             cols_out, cols_in = span(j - pw, wo, sw, w)
             dx[:, rows_in, cols_in, :] += d6[:, rows_out, cols_out, i, j, :]
+    return dx
+
+
+def im2col_threaded(x, kh, kw, sh, sw, ph=0, pw=0):
+    """``im2col(pad(x, ph, pw), kh, kw, sh, sw)``, padded and copied for blocks of images on
+    the thread pool of :mod:`minibn.parallel` (each block's padded copy is small and still in
+    cache when its patches are copied). The same matrix bit for bit: it is copies only."""
+    xp = backend.array_module(x)
+    n, h, w, c = x.shape
+    per_image = output_size(h, kh, sh, ph) * output_size(w, kw, sw, pw)
+    cols = xp.empty((n * per_image, kh * kw * c), dtype=x.dtype)
+    by_image = cols.reshape(n, per_image, -1)
+    parallel.over_rows(lambda rows: im2col(pad(x[rows], ph, pw), kh, kw, sh, sw,
+                                           out=by_image[rows].reshape(-1, cols.shape[1])), by_image)
+    return cols
+
+
+def col2im_threaded(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
+    """:func:`col2im` for blocks of images on the thread pool: the same adds in the same order
+    for every entry, so the same dx bit for bit."""
+    xp = backend.array_module(dcols)
+    n, h, w, _ = x_shape
+    dx = xp.empty(x_shape, dtype=dcols.dtype) if out is None else out
+    by_image = dcols.reshape(n, -1, dcols.shape[1])
+    parallel.over_rows(lambda rows: col2im(by_image[rows].reshape(-1, dcols.shape[1]), dx[rows].shape,
+                                           kh, kw, sh, sw, ph, pw, out=dx[rows]), dx)
     return dx
 
 
