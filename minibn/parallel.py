@@ -133,9 +133,10 @@ if hasattr(os, "register_at_fork"):
 
 def blocks(n, nbytes, workers=1):
     """The slices of ``range(n)`` that :func:`over_rows` hands out for an array of ``nbytes``:
-    at most :data:`BLOCK_BYTES` each, at least one row, and at least four per worker where
-    there are enough rows (so that a thread slowed by other work leaves little for the end)."""
-    count = max(-(-nbytes // BLOCK_BYTES), 4 * workers)
+    at most :data:`BLOCK_BYTES` each, at least one row, and with several workers at least four
+    per worker where there are enough rows (so that a thread slowed by other work leaves
+    little for the end)."""
+    count = max(-(-nbytes // BLOCK_BYTES), 4 * workers if workers > 1 else 1)
     per = max(1, -(-n // count))
     return [slice(start, min(n, start + per)) for start in range(0, n, per)]
 

@@ -28,7 +28,7 @@ def record(a, **kw):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("n", [2, 7, 31])
+@pytest.mark.parametrize("n", [3, 7, 31])
 def test_blocks_cover_every_row_once(threads, n):
     parallel.set_num_threads(threads)
     calls = record(np.zeros((n, 5)))        # 40 bytes a row: blocks of 1 to 2 rows
