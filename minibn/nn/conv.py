@@ -48,7 +48,7 @@ layer, mapped and page-faulted afresh at every call) and keeps the peak memory n
 that of the activations.
 """
 
-from minibn import backend
+from minibn import backend, parallel
 from minibn.nn import init as _init
 from minibn.nn.im2col import col2im_threaded, im2col_threaded, image_chunks, output_size, pair, span
 from minibn.nn.layer import Layer, LayerError, check_input
@@ -69,8 +69,8 @@ def forward(x, W, b=None, stride=(1, 1), padding=(0, 0)):
         cols = im2col_threaded(x[part], kh, kw, sh, sw, ph, pw)
         y2 = y[part].reshape(-1, out)
         xp.matmul(cols, W2, out=y2)
-        if b is not None:
-            y2 += b                       # while this block of y is still in cache
+        if b is not None:                 # while this block of y is still in cache
+            parallel.over_rows(lambda rows: xp.add(y2[rows], b, out=y2[rows]), y2)
     return y, (x, W, stride, padding, b is not None)
 
 
