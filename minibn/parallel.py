@@ -181,7 +181,13 @@ def over_rows(kernel, a):
         finally:
             _local.inside = was_inside
 
-    helpers = [_executor(workers - 1).submit(drain) for _ in range(workers - 1)]
+    helpers = []
+    try:
+        executor = _executor(workers - 1)
+        for _ in range(workers - 1):
+            helpers.append(executor.submit(drain))
+    except RuntimeError:        # the interpreter is shutting down: no new threads, the caller drains alone
+        pass
     drain()
     for helper in helpers:
         helper.result()

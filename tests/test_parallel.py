@@ -127,3 +127,16 @@ def test_a_forked_child_starts_its_own_pool():
     child.start()
     child.join(timeout=20)
     assert child.exitcode == 0 and queue.get(timeout=1)
+
+
+def test_a_pool_that_refuses_work_leaves_the_calling_thread_to_do_it(monkeypatch):
+    """As at interpreter shutdown, when submit raises RuntimeError."""
+    class Refusing:
+        def submit(self, *args):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(parallel, "_executor", lambda workers: Refusing())
+    parallel.set_num_threads(3)
+    calls = record(np.zeros((30, 2)))
+    assert {ident for _, ident in calls} == {threading.get_ident()}
+    assert sorted(i for rows, _ in calls for i in range(30)[rows]) == list(range(30))
