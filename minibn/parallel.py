@@ -147,9 +147,9 @@ def over_rows(kernel, a):
 
     ``kernel`` must write each output row from the same rows of its inputs only (elementwise
     or per-row work), so that blocks are independent; its results are discarded. Small
-    arrays, CuPy arrays and a thread count of 1 get one call ``kernel(slice(0, n))`` on the
-    calling thread (module docstring). An exception in a kernel stops the handing out of
-    blocks and is raised here once every thread is done with its block.
+    arrays and CuPy arrays get one call ``kernel(slice(0, n))``, and one thread the blocks in
+    turn, on the calling thread (module docstring). An exception in a kernel stops the
+    handing out of blocks and is raised here once every thread is done with its block.
     """
     if a.ndim == 0:
         kernel(...)
