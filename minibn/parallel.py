@@ -23,10 +23,14 @@ With one thread (the count is 1, or the call comes from inside a pool thread: no
 pools) the blocks run in turn on the calling thread, which still pays: a kernel's passes
 over one block find it in cache.
 
-The thread count (:func:`num_threads`) is ``MINIBN_NUM_THREADS`` when set (1 turns the pool
-off), else the BLAS thread count threadpoolctl reports (so ``OPENBLAS_NUM_THREADS=1``, as
-the studies' worker processes set it, turns it off too), else the cores this process may
-run on. :func:`set_num_threads` changes it at run time.
+The thread count (:func:`num_threads`) is ``MINIBN_NUM_THREADS`` when set, else 1: the pool
+is opt-in. Measured on a 2-core AMD EPYC VM (conv3x3 64->64 + BN + ReLU, batch 128, fwd+bwd,
+wall, median of 5): with OpenBLAS on 2 threads the pool at 2 threads *lost* (373-384 ms
+without it, 426-443 ms with it), because OpenBLAS's worker spins for a while after each
+GEMM and takes the core the pool's thread needs; with OpenBLAS on 1 thread the pool at 2
+threads won (669-694 -> 585-590 ms; BatchNorm 30 -> 20 ms forward, 25 -> 15 ms backward), but
+that stays slower than OpenBLAS on both cores without it. The one-thread figures are the
+blocks in turn (above). :func:`set_num_threads` changes the count at run time.
 
 >>> xp = backend.host
 >>> x, y = xp.arange(6.0).reshape(3, 2), xp.empty((3, 2))
@@ -60,34 +64,21 @@ _threads = None                 # decided at first use, or by set_num_threads
 _pool = None                    # (executor, its number of workers)
 
 
-def _default_threads():
-    value = os.environ.get(ENV_VAR)
-    if value is not None:
-        if not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"minibn.parallel: {ENV_VAR} must be a positive integer, got {value!r}")
-        return int(value)
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        threadpool_info = None
-    if threadpool_info is not None:
-        counts = [lib["num_threads"] for lib in threadpool_info() if lib.get("user_api") == "blas"]
-        if counts:
-            return max(1, min(counts))
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) >= 1:
-            return int(value)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def default_threads():
+    """``MINIBN_NUM_THREADS`` (a positive integer) when set, else 1 (module docstring: why)."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    if not value:
+        return 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"minibn.parallel: {ENV_VAR} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def num_threads():
     """The number of threads :func:`over_rows` uses (the calling thread included)."""
     global _threads
     if _threads is None:
-        _threads = _default_threads()
+        _threads = default_threads()
     return _threads
 
 

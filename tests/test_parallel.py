@@ -94,7 +94,7 @@ def test_thread_count_from_the_environment_and_set_num_threads(monkeypatch):
     with parallel.threads(1):
         assert parallel.num_threads() == 1
     assert parallel.num_threads() == 3
-    for bad in ("0", "two", "-1", ""):
+    for bad in ("0", "two", "-1"):
         monkeypatch.setenv(parallel.ENV_VAR, bad)
         parallel.set_num_threads(None)
         with pytest.raises(ValueError, match="MINIBN_NUM_THREADS must be a positive integer"):
@@ -104,10 +104,14 @@ def test_thread_count_from_the_environment_and_set_num_threads(monkeypatch):
             parallel.set_num_threads(bad)
 
 
-def test_default_without_the_variable_is_positive(monkeypatch):
-    monkeypatch.delenv(parallel.ENV_VAR, raising=False)
-    parallel.set_num_threads(None)
-    assert parallel.num_threads() >= 1
+def test_the_pool_is_off_without_the_variable(monkeypatch):
+    for unset in (None, "", " "):
+        if unset is None:
+            monkeypatch.delenv(parallel.ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(parallel.ENV_VAR, unset)
+        parallel.set_num_threads(None)
+        assert parallel.num_threads() == 1
 
 
 def _child(queue):
