@@ -48,9 +48,9 @@ layer, mapped and page-faulted afresh at every call) and keeps the peak memory n
 that of the activations.
 """
 
-from minibn import backend, parallel
+from minibn import backend
 from minibn.nn import init as _init
-from minibn.nn.im2col import col2im_threaded, im2col_threaded, image_chunks, output_size, pair, span
+from minibn.nn.im2col import col2im, im2col, image_chunks, output_size, pad, pair, span
 from minibn.nn.layer import Layer, LayerError, check_input
 
 DX_ROUTES = ("auto", "col2im", "transposed")
@@ -66,11 +66,10 @@ def forward(x, W, b=None, stride=(1, 1), padding=(0, 0)):
     W2 = W.reshape(-1, out)
     y = xp.empty((n, ho, wo, out), dtype=x.dtype)
     for part in image_chunks(xp, n, ho * wo * W2.shape[0] * x.itemsize):
-        cols = im2col_threaded(x[part], kh, kw, sh, sw, ph, pw)
-        y2 = y[part].reshape(-1, out)
-        xp.matmul(cols, W2, out=y2)
-        if b is not None:                 # while this block of y is still in cache
-            parallel.over_rows(lambda rows: xp.add(y2[rows], b, out=y2[rows]), y2)
+        cols = im2col(pad(x[part], ph, pw), kh, kw, sh, sw)
+        xp.matmul(cols, W2, out=y[part].reshape(-1, out))
+    if b is not None:
+        y += b
     return y, (x, W, stride, padding, b is not None)
 
 
@@ -92,16 +91,12 @@ def backward(dy, cache, dx_route="auto"):
     patch_bytes = kh * kw * max(dy.shape[1] * dy.shape[2] * c, h * w * out) * dy.itemsize  # per image
     for part in image_chunks(xp, n, patch_bytes):
         dy2 = dy[part].reshape(-1, out)
-        dW2 += im2col_threaded(x[part], kh, kw, *stride, *padding).T @ dy2
-        if dx_route == "transposed" and stride == (1, 1) and padding[0] < kh and padding[1] < kw:
-            # with stride 1 the grid is dy zero-padded by (kh-1-ph, kw-1-pw): pad per block of images
-            dy_cols = im2col_threaded(dy[part], kh, kw, 1, 1, kh - 1 - padding[0], kw - 1 - padding[1])
-            xp.matmul(dy_cols, W_flip, out=dx[part].reshape(-1, c))
-        elif dx_route == "transposed":
+        dW2 += im2col(pad(x[part], *padding), kh, kw, *stride).T @ dy2
+        if dx_route == "transposed":
             dy_grid = _dilate_and_pad(dy[part], (h, w), kh, kw, stride, padding)
-            xp.matmul(im2col_threaded(dy_grid, kh, kw, 1, 1), W_flip, out=dx[part].reshape(-1, c))
+            xp.matmul(im2col(dy_grid, kh, kw, 1, 1), W_flip, out=dx[part].reshape(-1, c))
         else:
-            col2im_threaded(dy2 @ W2.T, dx[part].shape, kh, kw, *stride, *padding, out=dx[part])
+            col2im(dy2 @ W2.T, dx[part].shape, kh, kw, *stride, *padding, out=dx[part])
     grads = {"W": dW2.reshape(W.shape)}
     if has_bias:
         grads["b"] = dy.reshape(-1, out).sum(axis=0)

@@ -25,11 +25,10 @@ ho*sh + i are distinct, so no two writes collide and no scatter-add is needed. T
 deterministic and the same code on NumPy and CuPy.
 
 Layers build ``cols`` for a few images at a time (:func:`image_chunks`), never for the
-whole batch at once, with :func:`im2col_threaded` and :func:`col2im_threaded`: the same
-copies and adds for blocks of images on the thread pool of :mod:`minibn.parallel`.
+whole batch at once.
 """
 
-from minibn import backend, parallel
+from minibn import backend
 
 
 def pair(value, arg, layer, minimum=1):
@@ -69,16 +68,6 @@ def pad(x, ph, pw):
     return out
 
 
-def _pad_into(x, out, ph, pw):
-    """:func:`pad` written into ``out``: the four borders zeroed, x copied inside them."""
-    h, w = x.shape[1:3]
-    out[:, :ph] = 0
-    out[:, ph + h:] = 0
-    out[:, ph:ph + h, :pw] = 0
-    out[:, ph:ph + h, pw + w:] = 0
-    out[:, ph:ph + h, pw:pw + w] = x
-
-
 def windows(x_pad, kh, kw, sh, sw):
     """The (N, Ho, Wo, kh, kw, C) strided view of every window of ``x_pad`` (no copy; do not write to it)."""
     xp = backend.array_module(x_pad)
@@ -89,15 +78,11 @@ def windows(x_pad, kh, kw, sh, sw):
         x_pad, shape=(n, ho, wo, kh, kw, c), strides=(s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
 
 
-def im2col(x_pad, kh, kw, sh, sw, out=None):
-    """``cols`` of shape (N*Ho*Wo, kh*kw*C): the windows of ``x_pad`` copied once into a matrix
-    (into ``out``, a C-contiguous array of that shape, when given)."""
+def im2col(x_pad, kh, kw, sh, sw):
+    """``cols`` of shape (N*Ho*Wo, kh*kw*C): the windows of ``x_pad`` copied once into a matrix."""
     view = windows(x_pad, kh, kw, sh, sw)
     n, ho, wo = view.shape[:3]
-    if out is None:
-        return view.reshape(n * ho * wo, -1)  # the one copy: the view is not contiguous
-    out.reshape(view.shape)[...] = view
-    return out
+    return view.reshape(n * ho * wo, -1)  # the one copy: the view is not contiguous
 
 
 def col2im(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
@@ -117,38 +102,6 @@ def col2im(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
         for j in range(kw):
             cols_out, cols_in = span(j - pw, wo, sw, w)
             dx[:, rows_in, cols_in, :] += d6[:, rows_out, cols_out, i, j, :]
-    return dx
-
-
-def im2col_threaded(x, kh, kw, sh, sw, ph=0, pw=0):
-    """``im2col(pad(x, ph, pw), kh, kw, sh, sw)``, padded and copied for blocks of images on
-    the thread pool of :mod:`minibn.parallel` (a block's padded images are still in cache when
-    its patches are copied). The same matrix bit for bit: it is copies only."""
-    xp = backend.array_module(x)
-    n, h, w, c = x.shape
-    x_pad = x if ph == 0 and pw == 0 else xp.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
-    view = windows(x_pad, kh, kw, sh, sw)
-    cols = xp.empty((view.shape[0] * view.shape[1] * view.shape[2], kh * kw * c), dtype=x.dtype)
-    by_image = cols.reshape(view.shape)
-
-    def kernel(rows):
-        if x_pad is not x:
-            _pad_into(x[rows], x_pad[rows], ph, pw)
-        by_image[rows] = view[rows]
-
-    parallel.over_rows(kernel, x_pad)      # blocks of about 1 MB of images, 9 MB of patches for 3x3
-    return cols
-
-
-def col2im_threaded(dcols, x_shape, kh, kw, sh, sw, ph, pw, out=None):
-    """:func:`col2im` for blocks of images on the thread pool: the same adds in the same order
-    for every entry, so the same dx bit for bit."""
-    xp = backend.array_module(dcols)
-    n, h, w, _ = x_shape
-    dx = xp.empty(x_shape, dtype=dcols.dtype) if out is None else out
-    by_image = dcols.reshape(n, -1, dcols.shape[1])
-    parallel.over_rows(lambda rows: col2im(by_image[rows].reshape(-1, dcols.shape[1]), dx[rows].shape,
-                                           kh, kw, sh, sw, ph, pw, out=dx[rows]), dx)
     return dx
 
 

@@ -30,13 +30,9 @@ found by comparing each x_ij with y, last offset first so the first maximum is w
 last. The backward writes one strided slice per offset: when windows do not overlap
 (kh <= sh and kw <= sw) the slices of different offsets are disjoint and are assigned;
 overlapping windows add their slices one offset at a time, so no scatter-add is needed.
-
-:func:`forward` and :func:`backward` compute the whole batch at once; the layer runs
-:func:`forward_threaded` and :func:`backward_threaded`, the same code on blocks of images
-on the thread pool of :mod:`minibn.parallel`.
 """
 
-from minibn import backend, parallel
+from minibn import backend
 from minibn.nn.im2col import pair
 from minibn.nn.layer import Layer, LayerError, check_input
 
@@ -58,76 +54,38 @@ def _tiles(x_shape, kernel, stride, out_size):
 
 def forward(x, kernel=(2, 2), stride=(2, 2)):
     """``(y, cache)`` with y the window maxima; inputs are assumed valid (see :class:`MaxPool2d`)."""
-    y, arg = _outputs(x, kernel, stride)
-    _max_and_arg(x, y, arg, kernel, stride)
+    xp = backend.array_module(x)
+    (kh, kw), (sh, sw) = kernel, stride
+    n, h, w, c = x.shape
+    out_size = ((h - kh) // sh + 1, (w - kw) // sw + 1)
+    windows = _windows(x, kernel, stride, out_size)
+    if _tiles(x.shape, kernel, stride, out_size):   # fast path: one reduction over a reshape
+        y = x.reshape(n, out_size[0], kh, out_size[1], kw, c).max(axis=(2, 4))
+    else:
+        y = windows[0].copy()
+        for x_ij in windows[1:]:
+            xp.maximum(y, x_ij, out=y)
+    arg = xp.full(y.shape, kh * kw - 1, dtype=xp.uint8 if kh * kw <= 256 else xp.int32)
+    for k in range(kh * kw - 2, -1, -1):   # last offset first, so the first maximum is written last
+        arg -= (windows[k] == y) * (arg - k)   # arg = k where x_k holds the maximum (arg > k here: no wrap)
     return y, (arg, x.shape, kernel, stride)
 
 
 def backward(dy, cache):
     """``(dx, {})``: each dy goes to its window's first argmax."""
-    arg, x_shape, kernel, stride = cache
+    arg, x_shape, (kh, kw), (sh, sw) = cache
     xp = backend.array_module(dy)
-    dx = xp.empty(x_shape, dtype=dy.dtype)
-    _route(dy, arg, dx, kernel, stride)
-    return dx, {}
-
-
-def forward_threaded(x, kernel=(2, 2), stride=(2, 2)):
-    """:func:`forward`, computed for blocks of images on the thread pool (:mod:`minibn.parallel`);
-    the same result bit for bit, since every image is pooled alone."""
-    y, arg = _outputs(x, kernel, stride)
-    parallel.over_rows(lambda rows: _max_and_arg(x[rows], y[rows], arg[rows], kernel, stride), x)
-    return y, (arg, x.shape, kernel, stride)
-
-
-def backward_threaded(dy, cache):
-    """:func:`backward`, computed for blocks of images on the thread pool."""
-    arg, x_shape, kernel, stride = cache
-    xp = backend.array_module(dy)
-    dx = xp.empty(x_shape, dtype=dy.dtype)
-    parallel.over_rows(lambda rows: _route(dy[rows], arg[rows], dx[rows], kernel, stride), dx)
-    return dx, {}
-
-
-def _outputs(x, kernel, stride):
-    """Empty ``y`` and ``arg`` for x (uint8 offsets while kh*kw <= 256)."""
-    xp = backend.array_module(x)
-    (kh, kw), (sh, sw) = kernel, stride
-    n, h, w, c = x.shape
-    shape = (n, (h - kh) // sh + 1, (w - kw) // sw + 1, c)
-    return xp.empty(shape, dtype=x.dtype), xp.empty(shape, dtype=xp.uint8 if kh * kw <= 256 else xp.int32)
-
-
-def _max_and_arg(x, y, arg, kernel, stride):
-    """The forward's equations, written into ``y`` and ``arg``."""
-    xp = backend.array_module(x)
-    (kh, kw), n, c = kernel, x.shape[0], x.shape[3]
-    out_size = y.shape[1:3]
-    windows = _windows(x, kernel, stride, out_size)
-    if _tiles(x.shape, kernel, stride, out_size):   # fast path: one reduction over a reshape
-        x.reshape(n, out_size[0], kh, out_size[1], kw, c).max(axis=(2, 4), out=y)
-    else:
-        y[...] = windows[0]
-        for x_ij in windows[1:]:
-            xp.maximum(y, x_ij, out=y)
-    arg.fill(kh * kw - 1)
-    for k in range(kh * kw - 2, -1, -1):   # last offset first, so the first maximum is written last
-        arg -= (windows[k] == y) * (arg - k)   # arg = k where x_k holds the maximum (arg > k here: no wrap)
-
-
-def _route(dy, arg, dx, kernel, stride):
-    """The backward's equations, written into ``dx``."""
-    xp = backend.array_module(dy)
-    (kh, kw), (sh, sw) = kernel, stride
+    n, h, w, c = x_shape
     ho, wo = dy.shape[1:3]
     overlap = kh > sh or kw > sw
-    if not _tiles(dx.shape, kernel, stride, (ho, wo)):   # windows that tile x write every entry
-        dx.fill(0)
-    for k, dx_ij in enumerate(_windows(dx, kernel, stride, (ho, wo))):
+    tiles = _tiles(x_shape, (kh, kw), (sh, sw), (ho, wo))
+    dx = xp.empty(x_shape, dtype=dy.dtype) if tiles else xp.zeros(x_shape, dtype=dy.dtype)
+    for k, dx_ij in enumerate(_windows(dx, (kh, kw), (sh, sw), (ho, wo))):
         if overlap:
             dx_ij += dy * (arg == k)
         else:
             xp.multiply(dy, arg == k, out=dx_ij)
+    return dx, {}
 
 
 def tangent_forward(x_t, cache):
@@ -157,13 +115,13 @@ class MaxPool2d(Layer):
         if x.shape[1] < self.kernel_size[0] or x.shape[2] < self.kernel_size[1]:
             raise LayerError(f"{self.describe()}: kernel {self.kernel_size} is larger than the input's "
                              f"{tuple(x.shape[1:3])} rows and columns (x of shape {tuple(x.shape)})")
-        return forward_threaded(x, self.kernel_size, self.stride)
+        return forward(x, self.kernel_size, self.stride)
 
     def _backward(self, dy, cache):
-        return backward_threaded(dy, cache)
+        return backward(dy, cache)
 
     def _tangent_forward(self, x_t, params_t, cache):
         return tangent_forward(x_t, cache)
 
     def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
-        return backward_threaded(dy_t, cache)
+        return backward(dy_t, cache)

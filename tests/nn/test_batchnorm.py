@@ -7,7 +7,6 @@ from hypothesis import given, settings, strategies as st
 from minibn import backend, nn
 from minibn.nn import batchnorm, normalization
 from minibn.testing import check_layer_property, layer_inputs
-from tests.nn.threads import threaded  # noqa: F401  (a fixture)
 
 FAST = settings(max_examples=15, deadline=None)
 
@@ -280,50 +279,3 @@ def test_without_affine_keeps_its_dtype():
         layer.forward(np.zeros((3, 2)))
     layer.astype("float64")
     assert layer.forward(np.ones((3, 2))).dtype == np.float64
-
-
-def forward_inplace_one_pass(x, gamma, beta, eps):
-    """The in-place forward as it was before the thread pool: each pass one whole-array call."""
-    x2 = x.reshape(-1, x.shape[-1])
-    m = x2.shape[0]
-    mu = normalization.column_sums(x2) * (1.0 / m)
-    x_hat = x2 - mu
-    y = x_hat * x_hat
-    var = normalization.column_sums(y) * (1.0 / m)
-    inv_std = 1.0 / (var + eps) ** 0.5
-    x_hat *= inv_std
-    np.multiply(x_hat, gamma, out=y)
-    y += beta
-    return y.reshape(x.shape), batchnorm.Cache(x_hat, gamma, inv_std, mu, var)
-
-
-def backward_inplace_one_pass(dy, cache):
-    x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
-    dy2 = dy.reshape(-1, dy.shape[-1])
-    m = dy2.shape[0]
-    dbeta = normalization.column_sums(dy2)
-    dx = dy2 * x_hat
-    dgamma = normalization.column_sums(dx)
-    np.multiply(x_hat, dgamma * (1.0 / m), out=dx)
-    dx += dbeta * (1.0 / m)
-    np.subtract(dy2, dx, out=dx)
-    dx *= gamma * inv_std
-    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(7, 3, 5, 4), (33, 6), (2, 1, 1, 3)])
-def test_inplace_pair_is_bit_for_bit_the_one_pass_pair_in_every_thread_regime(threaded, dtype, shape):
-    """Threads and blocks change no bit: the elementwise passes compute each entry alone and
-    the column sums stay whole-array GEMVs (so the DLN study's results are unchanged)."""
-    rng = np.random.default_rng(sum(shape))
-    x, dy = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
-    gamma, beta = rng.normal(size=shape[-1]).astype(dtype), rng.normal(size=shape[-1]).astype(dtype)
-    y_ref, cache_ref = forward_inplace_one_pass(x, gamma, beta, 1e-5)
-    dx_ref, g_ref = backward_inplace_one_pass(dy, cache_ref)
-    y, cache = batchnorm.forward_inplace(x, gamma, beta, 1e-5)
-    dx, g = batchnorm.backward_inplace(dy, cache)
-    for got, want in [(y, y_ref), (dx, dx_ref), (g["gamma"], g_ref["gamma"]), (g["beta"], g_ref["beta"]),
-                      *zip(cache, cache_ref)]:
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)

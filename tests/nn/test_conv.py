@@ -7,11 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minibn import backend, nn, parallel
+from minibn import backend, nn
 from minibn.gradcheck import check_layer
 from minibn.nn import conv, im2col
 from tests.nn import reference
-from tests.nn.threads import threaded  # noqa: F401  (a fixture)
 
 # The xp fixture only hands out a module, so reusing it across examples is safe.
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -170,59 +169,3 @@ def test_unknown_dx_route_is_rejected():
     y, cache = conv.forward(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1)))
     with pytest.raises(ValueError, match="dx_route must be one of .*got 'scatter'"):
         conv.backward(y, cache, dx_route="scatter")
-
-
-THREADED_CASES = [  # (kernel, stride, padding, x shape)
-    ((3, 3), (1, 1), (1, 1), (7, 5, 6, 3)),
-    ((3, 2), (2, 3), (2, 0), (5, 7, 8, 2)),
-    ((1, 1), (1, 1), (0, 0), (3, 2, 2, 5)),
-    ((2, 3), (1, 1), (2, 1), (3, 4, 5, 2)),     # stride 1, padding >= kernel rows: the grid crops dy
-]
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kernel, stride, padding, shape", THREADED_CASES)
-def test_threaded_patches_are_bit_for_bit_the_plain_ones(threaded, dtype, kernel, stride, padding, shape):
-    rng = np.random.default_rng(shape[0])
-    x = rng.normal(size=shape).astype(dtype)
-    cols = im2col.im2col(im2col.pad(x, *padding), *kernel, *stride)
-    cols_threaded = im2col.im2col_threaded(x, *kernel, *stride, *padding)
-    assert cols_threaded.dtype == cols.dtype and cols_threaded.flags.c_contiguous
-    np.testing.assert_array_equal(cols_threaded, cols)
-    dcols = rng.normal(size=cols.shape).astype(dtype)
-    dx = im2col.col2im(dcols, shape, *kernel, *stride, *padding)
-    out = np.full(shape, np.nan, dtype)
-    assert im2col.col2im_threaded(dcols, shape, *kernel, *stride, *padding, out=out) is out
-    np.testing.assert_array_equal(out, dx)
-    np.testing.assert_array_equal(im2col.col2im_threaded(dcols, shape, *kernel, *stride, *padding), dx)
-
-
-@pytest.mark.parametrize("route", ["col2im", "transposed"])
-@pytest.mark.parametrize("kernel, stride, padding, shape", THREADED_CASES)
-def test_conv_is_bit_for_bit_the_same_in_every_thread_regime(threaded, monkeypatch, route, kernel, stride, padding, shape):
-    rng = np.random.default_rng(shape[0])
-    x = rng.normal(size=shape).astype("float32")
-    W = rng.normal(size=(*kernel, shape[-1], 4)).astype("float32")
-    b = rng.normal(size=4).astype("float32")
-    dy = rng.normal(size=(shape[0], *conv.forward(x, W, b, stride, padding)[0].shape[1:])).astype("float32")
-
-    def run():
-        y, cache = conv.forward(x, W, b, stride, padding)
-        dx, grads = conv.backward(dy, cache, dx_route=route)
-        return y, dx, grads["W"], grads["b"]
-
-    got = run()
-    monkeypatch.setattr(parallel, "MIN_BYTES", 2**62)       # the plain path: one call per pass
-    for a, want in zip(got, run()):
-        np.testing.assert_array_equal(a, want)
-
-
-@pytest.mark.parametrize("kernel, padding", [((3, 3), (1, 1)), ((3, 2), (0, 1)), ((2, 3), (1, 2)), ((1, 1), (0, 0))])
-def test_stride_one_grid_is_dy_padded(threaded, kernel, padding):
-    """The transposed route's shortcut at stride 1: the same patches as from _dilate_and_pad."""
-    (kh, kw), (ph, pw) = kernel, padding
-    x_size = (5, 6)
-    dy = np.random.default_rng(0).normal(size=(3, x_size[0] + 2 * ph - kh + 1, x_size[1] + 2 * pw - kw + 1, 2))
-    grid = conv._dilate_and_pad(dy, x_size, kh, kw, (1, 1), padding)
-    np.testing.assert_array_equal(im2col.im2col_threaded(dy, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw),
-                                  im2col.im2col(grid, kh, kw, 1, 1))

@@ -8,9 +8,7 @@ from hypothesis import strategies as st
 
 from minibn import backend, nn
 from minibn.gradcheck import check_layer
-from minibn.nn import pool
 from tests.nn import reference
-from tests.nn.threads import threaded  # noqa: F401  (a fixture)
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -111,22 +109,3 @@ def test_bad_input_names_layer_argument_and_shapes(layer, x, match):
 def test_bad_arguments_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         nn.MaxPool2d(**kwargs)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("kernel, stride, shape", [
-    ((2, 2), (2, 2), (7, 6, 4, 3)),      # tiles x: the reshape reduction, no zero fill
-    ((3, 3), (2, 2), (5, 7, 7, 2)),      # overlapping windows: slices added
-    ((2, 1), (3, 2), (9, 8, 5, 2)),      # gaps between windows: zero fill, slices assigned
-])
-def test_threaded_pair_is_bit_for_bit_the_plain_pair(threaded, dtype, kernel, stride, shape):
-    """Ties included (values from {0, 1, 2}): the first maximum is the same one."""
-    rng = np.random.default_rng(shape[0])
-    x = rng.integers(0, 3, size=shape).astype(dtype)
-    y_ref, cache_ref = pool.forward(x, kernel, stride)
-    y, cache = pool.forward_threaded(x, kernel, stride)
-    dy = rng.normal(size=y.shape).astype(dtype)
-    dx_ref, dx = pool.backward(dy, cache_ref)[0], pool.backward_threaded(dy, cache)[0]
-    for got, want in [(y, y_ref), (cache[0], cache_ref[0]), (dx, dx_ref)]:
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)

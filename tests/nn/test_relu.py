@@ -4,8 +4,6 @@ from hypothesis import given, settings, strategies as st
 
 from minibn import backend, nn
 from minibn.gradcheck import check_layer
-from minibn.nn import relu
-from tests.nn.threads import threaded  # noqa: F401  (a fixture)
 
 
 @settings(max_examples=15, deadline=None)
@@ -56,19 +54,3 @@ def test_same_results_on_every_backend(xp):
     dx = layer.backward(backend.to_device(x, xp))
     np.testing.assert_array_equal(backend.to_host(y), np.maximum(x, 0))
     np.testing.assert_array_equal(backend.to_host(dx), np.where(x > 0, x, 0))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(7, 3, 5, 4), (33, 6), (5,), ()])
-def test_threaded_pair_is_bit_for_bit_the_plain_pair(threaded, dtype, shape):
-    rng = np.random.default_rng(len(shape))
-    x, dy = rng.normal(size=shape).astype(dtype), rng.normal(size=shape).astype(dtype)
-    if x.ndim:
-        x[..., ::3] = 0.0                                  # the kink: the subgradient 0
-    y_ref, mask_ref = relu.forward(x)
-    y, mask = relu.forward_threaded(x)
-    dx_ref, dx = relu.backward(dy, mask_ref)[0], relu.backward_threaded(dy, mask)[0]
-    for got, want in [(y, y_ref), (mask, mask_ref), (dx, dx_ref)]:
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))   # -0.0 stays -0.0
