@@ -81,6 +81,15 @@ def _worker_slot():
     return identity[0] if identity else 0
 
 
+def data_and_model(cfg, variant, seed):
+    """``(X, Y, model)`` of a run on the host: the seed draws the data, then the network's weights."""
+    rng = backend.rng(seed)
+    X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
+    model = models.dln(cfg["depth"], cfg["width"], norm=None if variant == "standard" else variant,
+                       norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
+    return X, Y, model
+
+
 def run_one(spec):
     """Train one configuration with the instruments attached; returns its result dict."""
     cfg, name = spec["config"], spec["name"]
@@ -89,11 +98,8 @@ def run_one(spec):
     if spec["resume"] and os.path.exists(done):
         return io.read_json(done)
     xp = backend.get(cfg["backend"])
-    rng = backend.rng(spec["seed"])
-    X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
     normalization.get(spec["variant"], spec["module"])  # a spawned worker imports a user's variant here
-    model = models.dln(cfg["depth"], cfg["width"], norm=None if spec["variant"] == "standard" else spec["variant"],
-                       norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
+    X, Y, model = data_and_model(cfg, spec["variant"], spec["seed"])
     model.to(cfg["backend"])
     X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
     lr = spec["lr"]
@@ -240,12 +246,9 @@ def step_seconds(cfg, variants, steps=5):
     """CPU seconds of one training step of each variant at the study's shapes, timed here over a
     few steps after a warm-up one (about a second in all): the runs' relative costs, so that
     :func:`schedule` can start the longest first. Timed on NumPy whatever the backend."""
-    rng = backend.rng(0)
-    X, Y, _ = linear_regression(cfg["samples"], cfg["width"], cfg["width"], rng=rng)
     seconds = {}
     for variant in variants:
-        model = models.dln(cfg["depth"], cfg["width"], norm=None if variant == "standard" else variant,
-                           norm_layers=cfg["norm_layers"], rng=rng, dtype="float64")
+        X, Y, model = data_and_model(cfg, variant, seed=0)
         optimizer = SGD(model, 1e-12)
         model.value_and_grad(loss_fn, X, Y)
         start = time.process_time()
