@@ -14,7 +14,8 @@ l2 = 0 and cos = 1. G'_1 = G_1 by definition (no earlier layers).
 
 Cost: k forward/backward passes -- one for G, then one per block i >= 2, applying
 block i-1's update before each (the updates accumulate, so pass i sees W'_1..W'_{i-1}),
-its backward stopping at block i (about half a backward on average).
+its backward stopping at block i and its forward starting at block i-1 (the input of
+block i-1 is that of pass i-1): about half a forward and half a backward on average.
 The parameters are written back bit-exactly afterwards.
 """
 
@@ -60,12 +61,15 @@ def measure_ics(model, loss_fn, x, target, optimizer, *, block_lrs=None):
             by_lr = {lr: optimizer.updates(lr=lr) for lr in set(block_lrs)}
             block_updates = [by_lr[lr] for lr in block_lrs]
         l2, cos = [0.0], [_l2_and_cos(grads[0], grads[0], xp)[1]]
+        below, at = x, 0   # the input of layer `at`, with every block before it already moved
         for i in range(1, len(blocks)):
+            # Pass i differs from pass i-1 only from block i-1 on: the input of block i-1 is the same
+            below, at = model.forward(below, "probe", start=at, stop=blocks[i - 1][0]), blocks[i - 1][0]
             for layer_index in blocks[i - 1]:  # W'_{i-1} = W_{i-1} + delta_{i-1}, as step() would
                 for key, delta in block_updates[i - 1][layer_index].items():
                     model[layer_index].params[key] += delta
             # G'_i needs the backward only down to block i's first layer
-            model.value_and_grad(loss_fn, x, target, mode="probe", first=blocks[i][0])
+            model.value_and_grad(loss_fn, below, target, mode="probe", first=blocks[i][0], start=at)
             d, c = _l2_and_cos(grads[i], block_vector(model, blocks[i]), xp)
             l2.append(d)
             cos.append(c)

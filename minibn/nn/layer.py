@@ -284,6 +284,10 @@ class Snapshot:
         return False
 
 
+def _is_index(i):
+    return isinstance(i, int) and not isinstance(i, bool)
+
+
 class Sequential(Layer):
     """Layers applied in order; the flat views used by the landscape and Hessian tools.
 
@@ -323,9 +327,15 @@ class Sequential(Layer):
                 return layer.dtype
         return None
 
-    def forward(self, x, mode="train"):
+    def forward(self, x, mode="train", start=0, stop=None):
+        """``layers[start:stop]`` applied to ``x``, the input of layer ``start``: a caller that
+        changes only the upper layers (ICS, block by block) reuses the activation below them."""
         check_mode(self, mode)
-        for layer in self.layers:
+        stop = len(self.layers) if stop is None else stop
+        if not (_is_index(start) and _is_index(stop) and 0 <= start <= stop <= len(self.layers)):
+            raise LayerError(f"{self.describe()}: forward's start and stop must be layer indices with "
+                             f"0 <= start <= stop <= {len(self.layers)}, got start={start!r}, stop={stop!r}")
+        for layer in self.layers[start:stop]:
             x = layer.forward(x, mode)
         return x
 
@@ -333,17 +343,21 @@ class Sequential(Layer):
         """Backward through ``layers[first:]``, last to first; returns the gradient of their input.
         Layers before ``first`` keep the ``grads`` they had: a caller that needs the gradients of
         the upper layers only (ICS, block by block) stops there and saves the rest of the pass."""
-        if not (isinstance(first, int) and not isinstance(first, bool) and 0 <= first < len(self.layers)):
+        if not (_is_index(first) and 0 <= first < len(self.layers)):
             raise LayerError(f"{self.describe()}: backward's first must be a layer index in 0..{len(self.layers) - 1}, "
                              f"got {first!r}")
         for layer in reversed(self.layers[first:]):
             dy = layer.backward(dy)
         return dy
 
-    def value_and_grad(self, loss_fn, x, target, mode="train", first=0):
+    def value_and_grad(self, loss_fn, x, target, mode="train", first=0, start=0):
         """Forward, loss, backward: returns the loss and fills the ``grads`` of every layer (of
-        ``layers[first:]`` with ``first``, see :meth:`backward`)."""
-        out = self.forward(x, mode)
+        ``layers[first:]`` with ``first``, see :meth:`backward`). With ``start``, ``x`` is the
+        input of layer ``start`` (see :meth:`forward`), which must not come after ``first``."""
+        if _is_index(start) and _is_index(first) and start > first:
+            raise LayerError(f"{self.describe()}: value_and_grad's start ({start}) comes after first ({first}): "
+                             f"the backward down to layer {first} needs the forward from there")
+        out = self.forward(x, mode, start)
         loss, dout = loss_fn(out, target)
         self.backward(dout, first)
         return loss

@@ -118,6 +118,29 @@ def test_backward_from_a_first_layer_gives_the_upper_grads_and_leaves_the_lower_
             net.backward(np.ones((6, 2)), first=bad)
 
 
+def test_forward_in_pieces_is_the_whole_forward_and_value_and_grad_can_start_above():
+    net = model()
+    x, target = data()
+    whole = net.forward(x, "probe")
+    loss = net.value_and_grad(nn.squared_error, x, target, mode="probe")
+    full = [dict(layer.grads) for layer in net]
+    for cut in range(len(net) + 1):
+        below = net.forward(x, "probe", stop=cut)
+        np.testing.assert_array_equal(net.forward(below, "probe", start=cut), whole)   # bit for bit
+    for block in net.blocks()[1:]:
+        first = block[0]
+        below = net.forward(x, "probe", stop=first - 1)
+        assert net.value_and_grad(nn.squared_error, below, target, mode="probe", first=first, start=first - 1) == loss
+        for index in range(first, len(net)):
+            for key, g in net[index].grads.items():
+                np.testing.assert_array_equal(g, full[index][key])
+    with pytest.raises(nn.LayerError, match=r"Sequential\(10 layers\): forward's start and stop must be layer "
+                                            r"indices with 0 <= start <= stop <= 10, got start=4, stop=2"):
+        net.forward(x, "probe", start=4, stop=2)
+    with pytest.raises(nn.LayerError, match=r"value_and_grad's start \(5\) comes after first \(3\)"):
+        net.value_and_grad(nn.squared_error, x, target, mode="probe", first=3, start=5)
+
+
 @pytest.mark.parametrize("mode", ["train", "probe"])
 def test_whole_model_gradcheck(mode):
     check_layer(model(), data()[0], mode=mode)
