@@ -3,6 +3,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minibn import backend
 
@@ -74,3 +76,21 @@ def test_array_module_of_a_device_array_asks_the_driver_nothing():
             assert backend.array_module(np.ones(1), d) is cupy
         finally:
             fakecupy.DEVICE["error"] = None
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 300), columns=st.integers(1, 40), dtype=st.sampled_from(["float32", "float64"]),
+       log_scale=st.floats(-30, 30), seed=st.integers(0, 2**32 - 1))
+def test_sum_rows_is_the_sum_over_axis_0_bit_for_bit(rows, columns, dtype, log_scale, seed):
+    a2 = (np.random.default_rng(seed).standard_normal((rows, columns)) * 10.0 ** log_scale).astype(dtype)
+    for layout in (a2, np.asfortranarray(a2), a2[::2]):
+        np.testing.assert_array_equal(backend.sum_rows(layout), layout.sum(axis=0))
+        assert backend.sum_rows(layout).dtype == a2.dtype
+
+
+def test_sum_rows_at_the_shapes_the_layers_use():
+    rng = np.random.default_rng(0)
+    for shape in [(1000, 10), (128, 512), (131072, 64), (4096, 1)]:   # the DLN's Dense, VGG's conv bias
+        for dtype in ("float32", "float64"):
+            a2 = rng.standard_normal(shape).astype(dtype)
+            np.testing.assert_array_equal(backend.sum_rows(a2), a2.sum(axis=0))

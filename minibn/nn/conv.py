@@ -99,7 +99,7 @@ def backward(dy, cache, dx_route="auto"):
             col2im(dy2 @ W2.T, dx[part].shape, kh, kw, *stride, *padding, out=dx[part])
     grads = {"W": dW2.reshape(W.shape)}
     if has_bias:
-        grads["b"] = dy.reshape(-1, out).sum(axis=0)
+        grads["b"] = backend.sum_rows(dy.reshape(-1, out))
     return dx, grads
 
 
