@@ -173,6 +173,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     back = train.load_checkpoint(path)
     assert back["a"].dtype == np.float32 and back["a"].tolist() == [0.0, 1.0, 2.0]
     assert back["b"] == {"1": [4, 2.5, None, "s"]} and back["t"][0].tolist() == [1.0, 1.0]
+    # long float lists travel as binary float64 runs; they come back as the same Python floats
+    runs = {"thirds": [i / 3 for i in range(100)] + [-0.0, 1e-310, math.inf],
+            "with_none": [0.5] * 40 + [None], "short": [0.1, 0.2], "nested": [[2.0 ** -i for i in range(50)]] * 3}
+    train.save_checkpoint(path, runs)
+    back = train.load_checkpoint(path)
+    assert back == runs and all(type(v) is float for v in back["thirds"])
+    assert math.copysign(1.0, back["thirds"][100]) == -1.0
     with pytest.raises(TypeError, match="cannot checkpoint a object"):
         train.save_checkpoint(path, {"x": object()})
     model, x, y, opt = dln_problem()
