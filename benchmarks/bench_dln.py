@@ -1,10 +1,12 @@
 """Time one full-batch gradient-descent step of the paper's 25-layer DLN, per variant.
 
-    python benchmarks/bench_dln.py [--backend numpy|cupy] [--steps 300] [--variants ...]
+    python benchmarks/bench_dln.py [--backend numpy|cupy] [--steps 300] [--variants ...] [--ics 10]
 
 Prints wall and CPU milliseconds per step (forward, summed squared error, backward, SGD
 update) for each normalization variant, and what 10,000 such steps cost: the training part
-of one run of `python -m minibn.studies.dln` (the instruments add about a third more).
+of one run of `python -m minibn.studies.dln` (the instruments add about a third more). With
+``--ics K``, also the CPU milliseconds of one internal-covariate-shift measurement (the
+study's most costly instrument, taken every 100 steps), the mean of K after the timed steps.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import blas  # benchmarks/blas.py, beside this script
 
 from minibn import backend, models, nn
 from minibn.data.synthetic import linear_regression
+from minibn.measure import ics
 from minibn.optim import SGD
 
 VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
@@ -23,7 +26,8 @@ def loss_fn(pred, target):
     return nn.squared_error(pred, target, reduction="sum")
 
 
-def time_variant(variant, backend_name, steps, warmup=20):
+def time_variant(variant, backend_name, steps, warmup=20, ics_repeats=0):
+    """``(wall s, CPU s)`` per step, and the CPU seconds of one ICS measurement (None without repeats)."""
     xp = backend.get(backend_name)
     rng = backend.rng(0)
     X, Y, _ = linear_regression(rng=rng)
@@ -39,7 +43,15 @@ def time_variant(variant, backend_name, steps, warmup=20):
         model.value_and_grad(loss_fn, X, Y)
         optimizer.step()
     backend.synchronize(xp)
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+    wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+    ics_cpu = None
+    if ics_repeats:
+        start = time.process_time()
+        for _ in range(ics_repeats):
+            ics.measure_ics(model, loss_fn, X, Y, optimizer)
+        backend.synchronize(xp)
+        ics_cpu = (time.process_time() - start) / ics_repeats
+    return wall, cpu, ics_cpu
 
 
 def main():
@@ -47,6 +59,7 @@ def main():
     p.add_argument("--backend", default="numpy")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--ics", type=int, default=0, metavar="K", help="also time K ICS measurements per variant [0]")
     args = p.parse_args()
     try:
         load = " ".join(open("/proc/loadavg").read().split()[:3])
@@ -54,10 +67,11 @@ def main():
         load = "unknown"
     print(f"DLN step, 25 x Dense(10, 10), 1000 samples, float64, backend {args.backend}; load average {load}")
     print(blas.describe())
-    print(f"{'variant':>10} {'wall ms':>9} {'CPU ms':>8} {'10k steps, s':>13}")
+    print(f"{'variant':>10} {'wall ms':>9} {'CPU ms':>8} {'10k steps, s':>13}" + (f" {'ICS CPU ms':>11}" if args.ics else ""))
     for variant in args.variants:
-        wall, cpu = time_variant(variant, args.backend, args.steps)
-        print(f"{variant:>10} {wall * 1e3:9.3f} {cpu * 1e3:8.3f} {wall * 1e4:13.1f}")
+        wall, cpu, ics_cpu = time_variant(variant, args.backend, args.steps, ics_repeats=args.ics)
+        print(f"{variant:>10} {wall * 1e3:9.3f} {cpu * 1e3:8.3f} {wall * 1e4:13.1f}"
+              + (f" {ics_cpu * 1e3:11.1f}" if args.ics else ""))
 
 
 if __name__ == "__main__":
