@@ -24,6 +24,7 @@ and its tests, and nothing else.
 'L2 norm'
 """
 
+import functools
 import importlib
 from typing import Callable, NamedTuple, Optional
 
@@ -45,7 +46,17 @@ def column_sums(a2):
     at (131072, 64)).
     """
     xp = backend.array_module(a2)
-    return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
+    ones = _host_ones(a2.shape[0], a2.dtype) if xp is backend.host else xp.ones(a2.shape[0], dtype=a2.dtype)
+    return ones @ a2
+
+
+@functools.lru_cache(maxsize=32)
+def _host_ones(m, dtype):
+    """A read-only host vector of m ones, made once per length and dtype: made anew, it was a third
+    of column_sums' 4.3 us at the DLN's (1000, 10), four times per BatchNorm layer and step."""
+    ones = backend.host.ones(m, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def sample_groups(x, num_groups):
