@@ -180,6 +180,11 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     back = train.load_checkpoint(path)
     assert back == runs and all(type(v) is float for v in back["thirds"])
     assert math.copysign(1.0, back["thirds"][100]) == -1.0
+    with pytest.MonkeyPatch.context() as patch:   # a checkpoint of the JSON-only format still loads
+        patch.setattr(train, "FLOAT_RUN", 10**9)
+        train.save_checkpoint(path, runs)
+    assert "__floats__" not in np.load(path).files
+    assert train.load_checkpoint(path) == runs
     with pytest.raises(TypeError, match="cannot checkpoint a object"):
         train.save_checkpoint(path, {"x": object()})
     model, x, y, opt = dln_problem()
