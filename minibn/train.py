@@ -126,13 +126,14 @@ FLOAT_RUN = 32
 
 def _pack(obj, arrays, where, floats):
     """JSON-able copy of ``obj`` with every array moved into ``arrays`` (host) and referenced,
-    and every long list of floats appended to ``floats`` and referenced by its span there."""
+    and every long list of floats appended to the list ``floats`` and referenced by its span there."""
     if isinstance(obj, dict):
         return {str(k): _pack(v, arrays, f"{where}/{k}", floats) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         if len(obj) >= FLOAT_RUN and all(type(v) is float for v in obj):
-            floats.append(obj)
-            return {"__floats__": [sum(map(len, floats)) - len(obj), len(obj)]}
+            start = len(floats)
+            floats.extend(obj)
+            return {"__floats__": [start, len(obj)]}
         return [_pack(v, arrays, f"{where}/{i}", floats) for i, v in enumerate(obj)]
     if isinstance(obj, backend.host.generic):
         return obj.item()
@@ -160,13 +161,11 @@ def _unpack(obj, arrays):
 
 def save_checkpoint(path, payload):
     """Write ``payload`` (dicts, lists, scalars, arrays) to ``path`` atomically (creating its folder)."""
-    import itertools
-
     arrays, floats = {}, []
     meta = json.dumps(_pack(payload, arrays, "", floats))
     arrays["__meta__"] = backend.host.frombuffer(meta.encode("utf-8"), dtype=backend.host.uint8)
     if floats:
-        arrays["__floats__"] = backend.host.fromiter(itertools.chain.from_iterable(floats), dtype=backend.host.float64)
+        arrays["__floats__"] = backend.host.array(floats, dtype=backend.host.float64)
     io.write_npz(path, **arrays)
 
 
