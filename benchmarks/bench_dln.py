@@ -14,24 +14,18 @@ import time
 
 import blas  # benchmarks/blas.py, beside this script
 
-from minibn import backend, models, nn
-from minibn.data.synthetic import linear_regression
+from minibn import backend
 from minibn.measure import ics
 from minibn.optim import SGD
-
-VARIANTS = ("standard", "batchnorm", "noisy", "l1", "l2", "linf")
-
-
-def loss_fn(pred, target):
-    return nn.squared_error(pred, target, reduction="sum")
+from minibn.studies.dln import DEFAULT_VARIANTS as VARIANTS
+from minibn.studies.dln import PRESETS, data_and_model, loss_fn
 
 
 def time_variant(variant, backend_name, steps, warmup=20, ics_repeats=0):
     """``(wall s, CPU s)`` per step, and the CPU seconds of one ICS measurement (None without repeats)."""
     xp = backend.get(backend_name)
-    rng = backend.rng(0)
-    X, Y, _ = linear_regression(rng=rng)
-    model = models.dln(norm=None if variant == "standard" else variant, rng=rng).to(backend_name)
+    X, Y, model = data_and_model(PRESETS["paper"], variant, seed=0)   # the study's run, seed 0
+    model.to(backend_name)
     X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
     optimizer = SGD(model, 1e-6)
     for _ in range(warmup):
