@@ -24,8 +24,9 @@ The layer trains with :func:`forward_inplace` and :func:`backward_inplace`: the 
 equations written to reuse the arrays they make (fewer fresh large arrays, which cost page
 faults on NumPy), held equal to the plain pair by the tests.
 
-Second order (docs/layers/batchnorm.md), tangents x_t, gamma_t, beta_t and dy_t of x, gamma,
-beta and dy, means (1/m) sum_i per channel, :func:`tangent_forward` and :func:`tangent_backward`:
+Second order with batch statistics (train and probe modes; docs/layers/batchnorm.md), tangents
+x_t, gamma_t, beta_t and dy_t of x, gamma, beta and dy, means (1/m) sum_i per channel,
+:func:`tangent_forward` and :func:`tangent_backward`:
 
     inv_std_t = -inv_std^2 * mean(x_hat * x_t)
     x_hat_t   = inv_std * (x_t - mean(x_t) - x_hat * mean(x_hat * x_t))
@@ -42,6 +43,16 @@ Eval mode uses the running statistics instead, so it is an affine map per channe
     y  = gamma * (x - running_mean) * inv_std + beta
     dx = dy * gamma * inv_std
 
+and its tangents (inv_std is a constant), :func:`tangent_forward_eval` and :func:`tangent_backward_eval`:
+
+    x_hat_t = x_t * inv_std
+    y_t     = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    dbeta_t = sum_i dy_t_i,    dgamma_t = sum_i (dy_t_i * x_hat_i + dy_i * x_hat_t_i)
+    dx_t    = (dy_t * gamma + dy * gamma_t) * inv_std
+
+The layer's cache records the mode its forward ran in (:class:`~minibn.nn.normalization.ModeCache`),
+which picks the backward and tangent pair of that mode.
+
 In train mode the running statistics move towards the batch's with ``momentum``:
 running_mean <- (1 - momentum) running_mean + momentum mu, and likewise
 running_var with the *unbiased* batch variance var * m / (m - 1).
@@ -51,7 +62,7 @@ from typing import Any, NamedTuple
 
 from minibn import backend
 from minibn.nn.layer import LayerError
-from minibn.nn.normalization import AffineNorm, channel_rows, column_sums, register
+from minibn.nn.normalization import AffineNorm, ModeCache, channel_rows, column_sums, register
 
 
 class Cache(NamedTuple):
@@ -183,34 +194,52 @@ class TangentCache(NamedTuple):
 
 
 def tangent_forward(x_t, gamma_t, beta_t, cache):
-    """``(y_t, TangentCache)`` at the point of ``cache`` (module docstring; eval mode: inv_std_t = 0)."""
+    """``(y_t, TangentCache)`` at the point of the batch-statistics ``cache`` (module docstring)."""
     x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
     x_t2 = channel_rows(x_t)
-    if isinstance(cache, EvalCache):
-        x_hat_t, inv_std_t = x_t2 * inv_std, 0.0 * inv_std
-    else:
-        m = x_t2.shape[0]
-        projected = column_sums(x_hat * x_t2) * (1.0 / m)
-        inv_std_t = -inv_std * inv_std * projected
-        x_hat_t = inv_std * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * projected)
+    m = x_t2.shape[0]
+    projected = column_sums(x_hat * x_t2) * (1.0 / m)
+    inv_std_t = -inv_std * inv_std * projected
+    x_hat_t = inv_std * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * projected)
     y_t = gamma_t * x_hat + gamma * x_hat_t + beta_t
     return y_t.reshape(x_t.shape), TangentCache(x_hat_t, gamma_t, inv_std_t)
 
 
 def tangent_backward(dy, dy_t, cache, tangent_cache):
-    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (or of :func:`backward_eval`)."""
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (module docstring)."""
     x_hat, gamma, inv_std = cache.x_hat, cache.gamma, cache.inv_std
     x_hat_t, gamma_t, inv_std_t = tangent_cache
     dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    m = dy2.shape[0]
     dbeta_t = column_sums(dy_t2)
     dgamma_t = column_sums(dy_t2 * x_hat + dy2 * x_hat_t)
-    if isinstance(cache, EvalCache):   # dx = dy * gamma * inv_std
-        dx_t = (dy_t2 * gamma + dy2 * gamma_t) * inv_std
-    else:
-        m = dy2.shape[0]
-        dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
-        dx_t = ((gamma_t * inv_std + gamma * inv_std_t) / m) * (m * dy2 - dbeta - x_hat * dgamma) \
-            + (gamma * inv_std / m) * (m * dy_t2 - dbeta_t - x_hat_t * dgamma - x_hat * dgamma_t)
+    dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
+    dx_t = ((gamma_t * inv_std + gamma * inv_std_t) / m) * (m * dy2 - dbeta - x_hat * dgamma) \
+        + (gamma * inv_std / m) * (m * dy_t2 - dbeta_t - x_hat_t * dgamma - x_hat * dgamma_t)
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+
+
+class EvalTangentCache(NamedTuple):
+    """What the tangent of the eval-mode backward needs: (m, C) ``x_hat_t``, per-channel ``gamma_t``."""
+
+    x_hat_t: Any
+    gamma_t: Any
+
+
+def tangent_forward_eval(x_t, gamma_t, beta_t, cache):
+    """``(y_t, EvalTangentCache)`` of eval mode's affine map at the point of ``cache`` (module docstring)."""
+    x_hat_t = channel_rows(x_t) * cache.inv_std
+    y_t = gamma_t * cache.x_hat + cache.gamma * x_hat_t + beta_t
+    return y_t.reshape(x_t.shape), EvalTangentCache(x_hat_t, gamma_t)
+
+
+def tangent_backward_eval(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward_eval` (module docstring)."""
+    x_hat_t, gamma_t = tangent_cache
+    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    dbeta_t = column_sums(dy_t2)
+    dgamma_t = column_sums(dy_t2 * cache.x_hat + dy2 * x_hat_t)
+    dx_t = (dy_t2 * cache.gamma + dy2 * gamma_t) * cache.inv_std
     return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
 
 
@@ -222,27 +251,31 @@ class BatchNorm(AffineNorm):
     State: ``running_mean`` (=0) and the unbiased ``running_var`` (=1).
     """
 
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         self._check(x, mode)
-        gamma, beta = self.gamma_beta()
+        gamma, beta = self.gamma_beta(params)
         if mode == "eval":
-            return forward_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
-        y, cache = forward_inplace(x, gamma, beta, self.eps)
-        if mode == "train":
-            self._update_running(cache.mu, cache.var, bessel_m=cache.x_hat.shape[0])
-        return y, cache
+            y, cache = forward_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
+        else:
+            y, cache = forward_inplace(x, gamma, beta, self.eps)
+            if mode == "train":
+                self._update_running(cache.mu, cache.var, bessel_m=cache.x_hat.shape[0])
+        return y, ModeCache(mode, cache)
 
     def _backward(self, dy, cache):
-        dx, grads = backward_eval(dy, cache) if isinstance(cache, EvalCache) else backward_inplace(dy, cache)
+        backward_of_mode = backward_eval if cache.mode == "eval" else backward_inplace
+        dx, grads = backward_of_mode(dy, cache.cache)
         return dx, grads if self.affine else {}
 
     def _tangent_forward(self, x_t, params_t, cache):
+        tangent_of_mode = tangent_forward_eval if cache.mode == "eval" else tangent_forward
         # without affine parameters, gamma and beta are constants: their tangents are 0
-        return tangent_forward(x_t, params_t.get("gamma", 0.0), params_t.get("beta", 0.0), cache)
+        return tangent_of_mode(x_t, params_t.get("gamma", 0.0), params_t.get("beta", 0.0), cache.cache)
 
     def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
-        dx_t, grads_t = tangent_backward(dy, dy_t, cache, tangent_cache)
-        return dx_t, grads_t if self.params else {}
+        tangent_of_mode = tangent_backward_eval if cache.mode == "eval" else tangent_backward
+        dx_t, grads_t = tangent_of_mode(dy, dy_t, cache.cache, tangent_cache)
+        return dx_t, grads_t if self.affine else {}
 
 
 register("batchnorm", "BatchNorm", "C1", lambda num_features, *, dtype, **_: BatchNorm(num_features, dtype=dtype))

@@ -163,8 +163,8 @@ class Conv2d(Layer):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias})")
 
-    def _forward(self, x, mode):
-        W = self.params["W"]
+    def _apply(self, params, x, mode):
+        W = params["W"]
         check_input(self, "x", x, ndims=(4,), last_dim=self.in_channels, dtype=W.dtype)
         if backend.array_module(x) is not backend.array_module(W):
             raise LayerError(f"{self.describe()}: x is a {backend.name_of(backend.array_module(x))} array but the "
@@ -173,7 +173,7 @@ class Conv2d(Layer):
         if padded[0] < self.kernel_size[0] or padded[1] < self.kernel_size[1]:
             raise LayerError(f"{self.describe()}: kernel {self.kernel_size} is larger than the padded input "
                              f"{padded} (x of shape {tuple(x.shape)}, padding {self.padding})")
-        return forward(x, W, self.params.get("b"), self.stride, self.padding)
+        return forward(x, W, params.get("b"), self.stride, self.padding)
 
     def _backward(self, dy, cache):
         return backward(dy, cache)

@@ -77,9 +77,9 @@ class Dense(Layer):
     def describe(self):
         return f"Dense({self.in_features}, {self.out_features}, bias={self.bias})"
 
-    def _forward(self, x, mode):
-        check_input(self, "x", x, ndims=(2,), last_dim=self.in_features, dtype=self.params["W"].dtype)
-        return forward(x, self.params["W"], self.params.get("b"))
+    def _apply(self, params, x, mode):
+        check_input(self, "x", x, ndims=(2,), last_dim=self.in_features, dtype=params["W"].dtype)
+        return forward(x, params["W"], params.get("b"))
 
     def _backward(self, dy, cache):
         return backward(dy, cache)

@@ -17,7 +17,7 @@ def backward(dy, shape):
 
 
 class Flatten(Layer):
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         check_input(self, "x", x, ndims=(2, 3, 4, 5))
         return forward(x)
 

@@ -155,9 +155,9 @@ class GroupNorm(AffineNorm):
     def _values_per_statistic(self, x):
         return x.size // max(x.shape[0] * self.num_groups, 1)
 
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         self._check(x, mode)
-        return forward(x, self.params["gamma"], self.params["beta"], self.num_groups, self.eps)
+        return forward(x, params["gamma"], params["beta"], self.num_groups, self.eps)
 
     def _backward(self, dy, cache):
         return backward(dy, cache)

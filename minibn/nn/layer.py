@@ -5,6 +5,12 @@ Every layer module has a functional core, ``forward(x, ...) -> (y, cache)`` and
 holds ``params`` (a dict of arrays), ``grads`` (same keys, filled by
 ``backward``) and any state (running statistics, a noise generator).
 
+A layer runs in two ways. ``forward(x, mode)`` / ``backward(dy)`` use its own parameters,
+keep the cache and fill ``grads`` (training, the instruments). ``apply(params, x, mode) ->
+(y, cache)`` / ``apply_backward(dy, cache) -> (dx, grads)`` run it on the parameters given
+and keep nothing on the layer: the functional face, for a layer whose parameters are computed
+by another (WeightNorm runs its Dense or Conv2d on W = g v/||v||).
+
 Modes are explicit and the same for every layer:
 
 * ``"train"``: batch statistics, state updated (running statistics, noise drawn);
@@ -68,9 +74,19 @@ def check_input(layer, arg, x, ndims=None, last_dim=None, dtype=None, dtype_of="
 class Layer:
     """Base class: ``params``/``grads`` dicts, explicit modes, a cache for backward.
 
-    Subclasses implement ``_forward(x, mode) -> (y, cache)`` and
-    ``_backward(dy, cache) -> (dx, grads)``, usually by calling the module's
-    functional core; stateful layers also override :meth:`state` and
+    Subclasses implement, usually by calling the module's functional core:
+
+    * ``_apply(params, x, mode) -> (y, cache)``: the forward on the parameters given (read them
+      from ``params``, never from ``self.params``), in ``mode``; it may move the layer's state
+      (running statistics, noise) in train mode, and nothing else;
+    * ``_backward(dy, cache) -> (dx, grads)``: from the cache alone (it holds what backward needs
+      of the parameters and of the mode the forward ran in);
+    * for the exact Hessian-vector product, ``_tangent_forward`` and ``_tangent_backward``
+      (below), from the cache too.
+
+    :meth:`forward` runs ``_forward(x, mode)``, which is ``_apply(self.params, x, mode)``; a layer
+    that only ever runs on its own parameters may override ``_forward`` instead of ``_apply``
+    (its :meth:`apply` then refuses). Stateful layers also override :meth:`state` and
     :meth:`load_state`.
     """
 
@@ -164,10 +180,49 @@ class Layer:
         return dx
 
     def _forward(self, x, mode):
-        raise NotImplementedError
+        return self._apply(self.params, x, mode)
+
+    def _apply(self, params, x, mode):
+        raise NotImplementedError(f"{self.describe()}: implements neither _apply(params, x, mode) nor _forward(x, mode); "
+                                  f"the one it implements runs on the parameters given (_apply), or on its own only "
+                                  f"(_forward, and then apply() is not available)")
 
     def _backward(self, dy, cache):
         raise NotImplementedError
+
+    # --- the functional face: the same passes on given parameters, nothing kept on the layer ----
+    def apply(self, params, x, mode):
+        """``(y, cache)``: this layer's forward on ``params`` (a dict with the keys of its own
+        ``params``) instead of its own parameters.
+
+        Nothing is stored on the layer: its ``params``, ``grads`` and forward cache stay as they
+        were (a later :meth:`backward` is still that of the last :meth:`forward`). Its state is
+        the layer's, not the parameters': in ``"train"`` mode the running statistics and the
+        noise generator move as in :meth:`forward`; ``"probe"`` and ``"eval"`` change nothing.
+        The arrays are not checked against the declared shapes and dtypes (as the functional
+        core's are not); the input is checked as in :meth:`forward`. The cache is for
+        :meth:`apply_backward` and the tangent passes :meth:`apply_tangent_forward` and
+        :meth:`apply_tangent_backward`.
+        """
+        check_mode(self, mode)
+        if not isinstance(params, dict) or set(params) != set(self._declared):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise LayerError(f"{self.describe()}: apply needs params with exactly the keys {sorted(self._declared)}, "
+                             f"got {got}")
+        return self._apply(params, x, mode)
+
+    def apply_backward(self, dy, cache):
+        """``(dx, grads)`` for the ``cache`` of :meth:`apply` (or of any forward of this layer): the
+        gradients of the loss in the input and in the parameters that forward ran on. Stores nothing."""
+        return self._backward(dy, cache)
+
+    def apply_tangent_forward(self, x_t, params_t, cache):
+        """``(y_t, tangent_cache)`` at the point of ``cache`` (from :meth:`apply`): :meth:`tangent_forward`'s pass."""
+        return self._tangent_forward(x_t, params_t, cache)
+
+    def apply_tangent_backward(self, dy, dy_t, cache, tangent_cache):
+        """``(dx_t, grads_t)`` at the point of ``cache``: :meth:`tangent_backward`'s pass."""
+        return self._tangent_backward(dy, dy_t, cache, tangent_cache)
 
     # --- second order: Pearlmutter's R-operator (docs/layers/sequential.md) ------------
     # At the point of the last forward, for a tangent x_t of the input and params_t of the
@@ -178,11 +233,11 @@ class Layer:
         """``(y_t, tangent_cache)``: the tangent of the output at the last forward's point."""
         if self._cache is None:
             raise LayerError(f"{self.describe()}: tangent_forward called before forward (nothing cached)")
-        return self._tangent_forward(x_t, params_t, self._cache)
+        return self.apply_tangent_forward(x_t, params_t, self._cache)
 
     def tangent_backward(self, dy, dy_t, tangent_cache):
         """``(dx_t, grads_t)``: the tangent of backward's (dx, grads) for dy moving along dy_t."""
-        return self._tangent_backward(dy, dy_t, self._cache, tangent_cache)
+        return self.apply_tangent_backward(dy, dy_t, self._cache, tangent_cache)
 
     @property
     def has_tangents(self):

@@ -24,9 +24,9 @@ where dnorm = dN_p/dx (:func:`lp_norm_grad`) is
     p = inf:  dnorm_i = sign(x_i) if i is the first index of max_i |x_i|, else 0
               (at ties the first maximizer takes the whole subgradient)
 
-Second order (docs/layers/lpnorm.md), tangents x_t, gamma_t, beta_t, dy_t; signs and the
-maximizer of p = 1 and inf held fixed (the piece x is in), :func:`tangent_forward` and
-:func:`tangent_backward`:
+Second order with batch statistics (train and probe modes; docs/layers/lpnorm.md), tangents
+x_t, gamma_t, beta_t, dy_t; signs and the maximizer of p = 1 and inf held fixed (the piece x is
+in), :func:`tangent_forward` and :func:`tangent_backward`:
 
     norm_t     = sum_i dnorm_i * x_t_i
     inv_norm_t = -inv_norm^2 * norm_t
@@ -43,6 +43,16 @@ Eval mode uses running statistics, an affine map per channel, :func:`forward_eva
     inv_norm = 1 / (running_norm + eps)
     y  = gamma * (x - running_mean) * inv_norm + beta,    dx = dy * gamma * inv_norm
 
+and its tangents (inv_norm is a constant), :func:`tangent_forward_eval` and :func:`tangent_backward_eval`:
+
+    x_hat_t = x_t * inv_norm
+    y_t     = gamma_t * x_hat + gamma * x_hat_t + beta_t
+    dbeta_t = sum_i dy_t_i,    dgamma_t = sum_i (dy_t_i * x_hat_i + dy_i * x_hat_t_i)
+    dx_t    = (dy_t * gamma + dy * gamma_t) * inv_norm
+
+The layer's cache records the mode its forward ran in (:class:`~minibn.nn.normalization.ModeCache`),
+which picks the backward and tangent pair of that mode.
+
 In train mode running_mean <- (1 - momentum) running_mean + momentum mu and
 running_norm <- (1 - momentum) running_norm + momentum norm (the batch's N_p, uncorrected).
 """
@@ -52,7 +62,7 @@ import numbers
 from typing import Any, NamedTuple
 
 from minibn import backend
-from minibn.nn.normalization import AffineNorm, channel_rows, column_sums, register
+from minibn.nn.normalization import AffineNorm, ModeCache, channel_rows, column_sums, register
 
 PS = (1, 2, math.inf)
 
@@ -177,30 +187,24 @@ class TangentCache(NamedTuple):
 
 
 def tangent_forward(x_t, gamma_t, beta_t, cache):
-    """``(y_t, TangentCache)`` at the point of ``cache`` (module docstring; eval mode: the norm is fixed)."""
+    """``(y_t, TangentCache)`` at the point of the batch-statistics ``cache`` (module docstring)."""
     x_hat, gamma, inv_norm = cache.x_hat, cache.gamma, cache.inv_norm
     x_t2 = channel_rows(x_t)
-    if isinstance(cache, EvalCache):
-        norm_t = 0.0 * inv_norm
-        x_hat_t = x_t2 * inv_norm
-    else:
-        m = x_t2.shape[0]
-        norm_t = column_sums(lp_norm_grad(cache.x, cache.p, cache.norm, cache.first_max) * x_t2)
-        x_hat_t = inv_norm * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * norm_t)
+    m = x_t2.shape[0]
+    norm_t = column_sums(lp_norm_grad(cache.x, cache.p, cache.norm, cache.first_max) * x_t2)
+    x_hat_t = inv_norm * (x_t2 - column_sums(x_t2) * (1.0 / m) - x_hat * norm_t)
     y_t = gamma_t * x_hat + gamma * x_hat_t + beta_t
     return y_t.reshape(x_t.shape), TangentCache(x_t2, x_hat_t, gamma_t, -inv_norm * inv_norm * norm_t, norm_t)
 
 
 def tangent_backward(dy, dy_t, cache, tangent_cache):
-    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (or of :func:`backward_eval`)."""
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward` (module docstring)."""
     xp = backend.array_module(dy)
     x_hat, gamma, inv_norm = cache.x_hat, cache.gamma, cache.inv_norm
     x_t2, x_hat_t, gamma_t, inv_norm_t, norm_t = tangent_cache
     dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
     dbeta_t = column_sums(dy_t2)
     dgamma_t = column_sums(dy_t2 * x_hat + dy2 * x_hat_t)
-    if isinstance(cache, EvalCache):   # dx = dy * gamma * inv_norm
-        return ((dy_t2 * gamma + dy2 * gamma_t) * inv_norm).reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
     m = dy2.shape[0]
     dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
     dnorm = lp_norm_grad(cache.x, cache.p, cache.norm, cache.first_max)
@@ -211,6 +215,30 @@ def tangent_backward(dy, dy_t, cache, tangent_cache):
         dnorm_t = 0.0
     dx_t = (gamma_t * inv_norm + gamma * inv_norm_t) * (dy2 - dbeta * (1.0 / m) - dgamma * dnorm) \
         + (gamma * inv_norm) * (dy_t2 - dbeta_t * (1.0 / m) - dgamma_t * dnorm - dgamma * dnorm_t)
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+
+
+class EvalTangentCache(NamedTuple):
+    """What the tangent of the eval-mode backward needs: (m, C) ``x_hat_t``, per-channel ``gamma_t``."""
+
+    x_hat_t: Any
+    gamma_t: Any
+
+
+def tangent_forward_eval(x_t, gamma_t, beta_t, cache):
+    """``(y_t, EvalTangentCache)`` of eval mode's affine map at the point of ``cache`` (module docstring)."""
+    x_hat_t = channel_rows(x_t) * cache.inv_norm
+    y_t = gamma_t * cache.x_hat + cache.gamma * x_hat_t + beta_t
+    return y_t.reshape(x_t.shape), EvalTangentCache(x_hat_t, gamma_t)
+
+
+def tangent_backward_eval(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward_eval` (module docstring)."""
+    x_hat_t, gamma_t = tangent_cache
+    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    dbeta_t = column_sums(dy_t2)
+    dgamma_t = column_sums(dy_t2 * cache.x_hat + dy2 * x_hat_t)
+    dx_t = (dy_t2 * cache.gamma + dy2 * gamma_t) * cache.inv_norm
     return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
 
 
@@ -229,27 +257,28 @@ class LpNorm(AffineNorm):
     def describe(self):
         return f"LpNorm({self.num_features}, p={self.p}, eps={self.eps:g}, momentum={self.momentum:g})"
 
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         self._check(x, mode)
-        gamma, beta = self.params["gamma"], self.params["beta"]
+        gamma, beta = params["gamma"], params["beta"]
         if mode == "eval":
-            return forward_eval(x, gamma, beta, self.running_mean, self.running_norm, self.eps)
-        y, cache = forward(x, gamma, beta, self.p, self.eps)
-        if mode == "train":
-            self._update_running(cache.mu, cache.norm)
-        return y, cache
+            y, cache = forward_eval(x, gamma, beta, self.running_mean, self.running_norm, self.eps)
+        else:
+            y, cache = forward(x, gamma, beta, self.p, self.eps)
+            if mode == "train":
+                self._update_running(cache.mu, cache.norm)
+        return y, ModeCache(mode, cache)
 
     def _backward(self, dy, cache):
-        if isinstance(cache, EvalCache):
-            return backward_eval(dy, cache)
-        return backward(dy, cache)
+        backward_of_mode = backward_eval if cache.mode == "eval" else backward
+        return backward_of_mode(dy, cache.cache)
 
     def _tangent_forward(self, x_t, params_t, cache):
-        return tangent_forward(x_t, params_t.get("gamma", 0.0), params_t.get("beta", 0.0), cache)
+        tangent_of_mode = tangent_forward_eval if cache.mode == "eval" else tangent_forward
+        return tangent_of_mode(x_t, params_t["gamma"], params_t["beta"], cache.cache)
 
     def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
-        dx_t, grads_t = tangent_backward(dy, dy_t, cache, tangent_cache)
-        return dx_t, grads_t if self.params else {}
+        tangent_of_mode = tangent_backward_eval if cache.mode == "eval" else tangent_backward
+        return tangent_of_mode(dy, dy_t, cache.cache, tangent_cache)
 
 
 register("l1", "L1 norm", "C4", lambda num_features, *, dtype, **_: LpNorm(num_features, 1, dtype=dtype))

@@ -183,7 +183,7 @@ class NoiseInjection(_NoiseSource, Layer):
     def describe(self):
         return f"NoiseInjection({self.num_features}, {self._describe_noise()})"
 
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         check_input(self, "x", x, ndims=(2, 4), last_dim=self.num_features, dtype=self._dtype, dtype_of="the layer's values")
         if mode != "train":
             return x, NO_NOISE
@@ -215,8 +215,8 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
     def describe(self):
         return f"NoisyBatchNorm({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, {self._describe_noise()})"
 
-    def _forward(self, x, mode):
-        a, bn_cache = super()._forward(x, mode)
+    def _apply(self, params, x, mode):
+        a, bn_cache = super()._apply(params, x, mode)
         if mode != "train":
             return a, NoisyCache(bn_cache, NO_NOISE)
         y, noise_cache = forward(a, *self._draw_like(a))

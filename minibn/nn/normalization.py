@@ -26,7 +26,7 @@ and its tests, and nothing else.
 
 import functools
 import importlib
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from minibn import backend
 from minibn.nn.layer import Layer, LayerError, check_input
@@ -82,6 +82,15 @@ def running_average(running, batch, momentum, bessel_m=None):
     return (1.0 - momentum) * running + weight * batch
 
 
+class ModeCache(NamedTuple):
+    """The layer's cache of a normalizer whose eval mode is a map of its own (the running
+    statistics'): the ``mode`` its forward ran in, which picks the backward and tangent passes
+    of that mode, and the functional core's ``cache``."""
+
+    mode: str
+    cache: Any
+
+
 class AffineNorm(Layer):
     """The frame of a normalizer followed by a learned affine map: argument checks, params
     ``"gamma"`` (=1) and ``"beta"`` (=0) per feature (the last axis), the state ``buffers`` (a
@@ -123,9 +132,9 @@ class AffineNorm(Layer):
         affine = "" if self.affine else ", affine=False"
         return f"{type(self).__name__}({self.num_features}, eps={self.eps:g}{momentum}{affine})"
 
-    def gamma_beta(self):
-        """``(gamma, beta)``: the parameters, or the constants 1 and 0 (shape (1,)) without affine."""
-        return (self.params["gamma"], self.params["beta"]) if self.affine else self._constants
+    def gamma_beta(self, params):
+        """``(gamma, beta)``: those of ``params``, or the constants 1 and 0 (shape (1,)) without affine."""
+        return (params["gamma"], params["beta"]) if self.affine else self._constants
 
     def to(self, backend_name):
         self._constants = tuple(backend.to_device(c, backend_name) for c in self._constants)

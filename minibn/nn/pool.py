@@ -110,7 +110,7 @@ class MaxPool2d(Layer):
     def describe(self):
         return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride})"
 
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         check_input(self, "x", x, ndims=(4,))
         if x.shape[1] < self.kernel_size[0] or x.shape[2] < self.kernel_size[1]:
             raise LayerError(f"{self.describe()}: kernel {self.kernel_size} is larger than the input's "

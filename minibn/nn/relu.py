@@ -21,7 +21,7 @@ def backward(dy, mask):
 
 
 class ReLU(Layer):
-    def _forward(self, x, mode):
+    def _apply(self, params, x, mode):
         check_input(self, "x", x)
         return forward(x)
 

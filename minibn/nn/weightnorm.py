@@ -102,9 +102,10 @@ def tangent_backward(dW, dW_t, cache, tangent_cache):
 class WeightNorm(Layer):
     """``WeightNorm(layer)``: ``layer`` (a Dense or Conv2d) with its params ``"W"`` replaced by
     ``"g"`` (out,) and ``"v"`` (W's shape), initialized to the layer's W (v = W, g = ||W_j||), so
-    the wrapped layer computes what it did; its bias ``"b"`` is kept. The layer runs its own
-    forward and backward (input checks included) with W = g v/||v||, and ``.layer`` is it.
-    It starts a parameter block, as the layer it wraps."""
+    the wrapped layer computes what it did; its bias ``"b"`` is kept. The wrapped layer (``.layer``)
+    holds no parameters of its own: it runs on W = g v/||v|| through its functional face
+    (:meth:`~minibn.nn.Layer.apply`, :meth:`~minibn.nn.Layer.apply_backward` and the tangent
+    passes), input checks included. It starts a parameter block, as the layer it wraps."""
 
     starts_block = True
 
@@ -125,34 +126,33 @@ class WeightNorm(Layer):
     def describe(self):
         return f"WeightNorm({self.layer.describe()})"
 
-    def _inner_params(self, W):
-        return {"W": W, **({"b": self.params["b"]} if "b" in self.params else {})}
+    @staticmethod
+    def _inner(W, params):
+        """The wrapped layer's parameters (or their tangents): W, and the bias of ``params`` if any."""
+        return {"W": W, **({"b": params["b"]} if "b" in params else {})}
 
-    def _forward(self, x, mode):
-        W, wn_cache = forward(self.params["v"], self.params["g"])
-        self.layer.params = self._inner_params(W)
-        y, layer_cache = self.layer._forward(x, mode)
-        self.layer.params = {}
+    def _apply(self, params, x, mode):
+        W, wn_cache = forward(params["v"], params["g"])
+        y, layer_cache = self.layer.apply(self._inner(W, params), x, mode)
         return y, (wn_cache, layer_cache)
 
     def _backward(self, dy, cache):
         wn_cache, layer_cache = cache
-        dx, grads = self.layer._backward(dy, layer_cache)
+        dx, grads = self.layer.apply_backward(dy, layer_cache)
         out = backward(grads.pop("W"), wn_cache)
         return dx, {**out, **grads}
 
     def _tangent_forward(self, x_t, params_t, cache):
         wn_cache, layer_cache = cache
         W_t, wn_tangent = tangent_forward(params_t["v"], params_t["g"], wn_cache)
-        inner_t = {"W": W_t, **({"b": params_t["b"]} if "b" in params_t else {})}
-        y_t, layer_tangent = self.layer._tangent_forward(x_t, inner_t, layer_cache)
+        y_t, layer_tangent = self.layer.apply_tangent_forward(x_t, self._inner(W_t, params_t), layer_cache)
         return y_t, (wn_tangent, layer_tangent)
 
     def _tangent_backward(self, dy, dy_t, cache, tangent_cache):
         wn_cache, layer_cache = cache
         wn_tangent, layer_tangent = tangent_cache
-        dW = self.layer._backward(dy, layer_cache)[1]["W"]   # the point's dW, which the tangent of dv needs
-        dx_t, grads_t = self.layer._tangent_backward(dy, dy_t, layer_cache, layer_tangent)
+        dW = self.layer.apply_backward(dy, layer_cache)[1]["W"]   # the point's dW, which the tangent of dv needs
+        dx_t, grads_t = self.layer.apply_tangent_backward(dy, dy_t, layer_cache, layer_tangent)
         out = tangent_backward(dW, grads_t.pop("W"), wn_cache, wn_tangent)
         return dx_t, {**out, **grads_t}
 
