@@ -86,8 +86,8 @@ class HessianOperator:
             raise ValueError(f"HessianOperator: product must be one of {PRODUCTS}, got {product!r}")
         if product == "auto":
             product = "exact" if exact_available(model, loss_fn) else "fd"
-        if product == "exact":
-            loss_tangent(loss_fn)   # a loss without a tangent is refused before any work
+        # the tangent of the loss gradient, for the exact product (a loss without one is refused before any work)
+        self.loss_tangent = loss_tangent(loss_fn) if product == "exact" else None
         self.product, self.mode = product, mode
         chunks = list(zip(x, target)) if isinstance(x, (list, tuple)) else [(x, target)]
         if not chunks or (isinstance(x, (list, tuple)) and len(x) != len(target)):
@@ -135,7 +135,8 @@ class HessianOperator:
             direction[self.slice] = v
             self.model.set_flat_params(self.w)
             self.hvps += 1
-            total = sum(self.model.hvp(self.loss_fn, x, target, direction, mode=self.mode) for x, target in self.chunks)
+            total = sum(self.model.hvp(self.loss_fn, x, target, direction, mode=self.mode, loss_tangent=self.loss_tangent)
+                        for x, target in self.chunks)
             return (total / len(self.chunks))[self.slice]
         direction[self.slice] = v / norm
         g_plus = self._loss_and_grad(self.w + self.h * direction)[1]

@@ -421,20 +421,20 @@ class Sequential(Layer):
     def has_tangents(self):
         return all(layer.has_tangents for layer in self.layers)
 
-    def hvp(self, loss_fn, x, target, v, mode="probe"):
+    def hvp(self, loss_fn, x, target, v, mode="probe", *, loss_tangent):
         """H v, the Hessian of ``loss_fn(self.forward(x, mode), target)`` in the flat parameters
         times the flat vector v, exact (Pearlmutter's R-operator), as a new flat vector.
 
-        Forward, then the tangent of every layer's output along v (the input does not move),
-        the tangent of the loss gradient (:func:`minibn.nn.losses.loss_tangent`), then backward
-        and its tangent layer by layer; the parameter-gradient tangents are H v. Kinks (ReLU
-        masks, pooling argmaxes, Lp signs) stay as the forward found them: the Hessian of the
-        smooth piece the parameters sit in. Fills ``grads`` and the caches like
-        :meth:`value_and_grad`; the Hessian tools wrap it in a snapshot.
-        """
-        from minibn.nn.losses import loss_tangent  # losses import this module
+        ``loss_tangent(pred, target, pred_t)`` is the tangent of the loss gradient dL/dpred when
+        pred moves along pred_t: :func:`minibn.nn.losses.loss_tangent` finds it for minibn's
+        losses (``model.hvp(loss_fn, x, target, v, loss_tangent=losses.loss_tangent(loss_fn))``).
 
-        tangent_of_loss = loss_tangent(loss_fn)
+        Forward, then the tangent of every layer's output along v (the input does not move),
+        the tangent of the loss gradient, then backward and its tangent layer by layer; the
+        parameter-gradient tangents are H v. Kinks (ReLU masks, pooling argmaxes, Lp signs) stay
+        as the forward found them: the Hessian of the smooth piece the parameters sit in. Fills
+        ``grads`` and the caches like :meth:`value_and_grad`; the Hessian tools wrap it in a snapshot.
+        """
         xp = self.xp
         if not hasattr(v, "ndim") or v.ndim != 1 or v.size != self.num_params:
             raise LayerError(f"{self.describe()}: hvp needs a 1-D vector of {self.num_params} values, "
@@ -453,7 +453,7 @@ class Sequential(Layer):
         for layer, p_t in zip(self.layers, params_t):
             x_t, tangent_cache = layer.tangent_forward(x_t, p_t)
             tangent_caches.append(tangent_cache)
-        dy, dy_t = dout, tangent_of_loss(out, target, x_t)
+        dy, dy_t = dout, loss_tangent(out, target, x_t)
         grads_t = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]

@@ -17,6 +17,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minibn import backend, nn
+from minibn.nn.losses import loss_tangent
 
 STEP = 1e-6
 MARGIN = 1e-2
@@ -53,7 +54,9 @@ def hessian_by_differences(model, loss_fn, x, target, mode="probe", step=STEP):
 def hessian_by_products(model, loss_fn, x, target, mode="probe"):
     xp = model.xp
     eye = xp.eye(model.num_params)
-    return backend.to_host(xp.stack([model.hvp(loss_fn, x, target, eye[i], mode=mode) for i in range(len(eye))], axis=1))
+    tangent = loss_tangent(loss_fn)
+    return backend.to_host(xp.stack([model.hvp(loss_fn, x, target, eye[i], mode=mode, loss_tangent=tangent)
+                                     for i in range(len(eye))], axis=1))
 
 
 def kink_margin(model, x, mode="probe"):
@@ -115,8 +118,8 @@ def check_against_differences(model, loss_fn, x, target, mode="probe"):
     np.testing.assert_allclose(H_exact, H_diff, rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(H_exact, H_exact.T, rtol=0, atol=1e-12 * scale)
     v = np.random.default_rng(0).normal(size=H_exact.shape[0])
-    np.testing.assert_allclose(model.hvp(loss_fn, x, target, v, mode=mode), H_exact @ v, rtol=0,
-                               atol=1e-12 * scale * np.abs(v).sum())
+    np.testing.assert_allclose(model.hvp(loss_fn, x, target, v, mode=mode, loss_tangent=loss_tangent(loss_fn)), H_exact @ v,
+                               rtol=0, atol=1e-12 * scale * np.abs(v).sum())
 
 
 @pytest.mark.parametrize("name", sorted(DENSE_LAYERS))
@@ -157,7 +160,7 @@ def test_hvp_refuses_bad_vectors_and_layers_without_tangents():
     model = perturb(dense_sandwich(DENSE_LAYERS["batchnorm"], 3, rng), rng)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
     with pytest.raises(nn.LayerError, match="hvp needs a 1-D vector of 30 values"):
-        model.hvp(nn.squared_error, x, y, np.ones(5))
+        model.hvp(nn.squared_error, x, y, np.ones(5), loss_tangent=loss_tangent(nn.squared_error))
 
     class Opaque(nn.Layer):   # a layer without tangent passes is named in the refusal
         def _forward(self, x, mode):
@@ -167,7 +170,7 @@ def test_hvp_refuses_bad_vectors_and_layers_without_tangents():
             return dy, {}
 
     with pytest.raises(NotImplementedError, match="Opaque: no exact second-order pass"):
-        nn.Sequential([model[0], Opaque()]).hvp(nn.squared_error, x, x, np.ones(12))
+        nn.Sequential([model[0], Opaque()]).hvp(nn.squared_error, x, x, np.ones(12), loss_tangent=loss_tangent(nn.squared_error))
 
 
 def test_noisy_layers_use_the_cached_draws_in_train_mode():
