@@ -198,27 +198,27 @@ def test_hypothesis_is_optional():
 @pytest.fixture
 def registered():
     """Centre registered as 'centre' (from this test module) for one test."""
-    register("centre", "centring only", "C8", lambda num_features, *, dtype, **_: Centre(num_features, dtype=dtype))
+    register("centre", "centring only", lambda num_features, *, dtype, **_: Centre(num_features, dtype=dtype))
     yield "centre"
     del REGISTRY["centre"]
 
 
 def test_a_registered_user_normalizer_runs_in_the_dln_study(registered, tmp_path):
     assert REGISTRY[registered].module == __name__
-    results = dln.run(str(tmp_path), preset="smoke", variants=[registered], steps=5, jobs=1, report=False)
+    results = dln.run(out=str(tmp_path), preset="smoke", variants=[registered], steps=5, jobs=1, report=False)
     run = results["runs"][f"{registered}_lr0.0001_seed0"]
     assert run["variant"] == registered and len(run["loss"]) == 5 and run["diverged_at"] is None
     with pytest.raises(ValueError, match=r"unknown variant\(s\) \['nonexistent'\]"):
-        dln.run(str(tmp_path), preset="smoke", variants=["nonexistent"])
+        dln.run(out=str(tmp_path), preset="smoke", variants=["nonexistent"])
 
 
 def test_workers_refuse_a_normalizer_they_cannot_import(tmp_path):
-    register("stranded", "stranded", "C8", lambda num_features, *, dtype, **_: Centre(num_features, dtype=dtype),
+    register("stranded", "stranded", lambda num_features, *, dtype, **_: Centre(num_features, dtype=dtype),
              module="no_such_module_for_minibn")
     try:
         with pytest.raises(ValueError, match=r"variant\(s\) \['stranded'\] were registered where worker processes "
                                              r"cannot import them.*pass jobs=1"):
-            dln.run(str(tmp_path), preset="smoke", variants=["stranded"], jobs=2)
+            dln.run(out=str(tmp_path), preset="smoke", variants=["stranded"], jobs=2)
         with pytest.raises(ModuleNotFoundError, match="no_such_module_for_minibn"):
             nn.normalization.get("not_registered_here", "no_such_module_for_minibn")
     finally:

@@ -278,6 +278,10 @@ class BatchNorm(AffineNorm):
         return dx_t, grads_t if self.affine else {}
 
 
-register("batchnorm", "BatchNorm", "C1", lambda num_features, *, dtype, **_: BatchNorm(num_features, dtype=dtype))
-register("batchnorm_noaffine", "BatchNorm without gamma, beta", "C7",
-         lambda num_features, *, dtype, **_: BatchNorm(num_features, affine=False, dtype=dtype))
+FACTS = {"doc": "layers/batchnorm.md", "backward": backward, "pools": "channel over batch", "centres": True,
+         "invariance": "per channel"}
+register("batchnorm", "BatchNorm",
+         lambda num_features, *, dtype, eps=1e-5, **_: BatchNorm(num_features, eps, dtype=dtype), color="C1", **FACTS)
+register("batchnorm_noaffine", "BatchNorm without gamma, beta",
+         lambda num_features, *, dtype, eps=1e-5, **_: BatchNorm(num_features, eps, affine=False, dtype=dtype),
+         color="C7", **FACTS)

@@ -169,11 +169,12 @@ class GroupNorm(AffineNorm):
         return tangent_backward(dy, dy_t, cache, tangent_cache)
 
 
-def _make(num_features, *, dtype, num_groups=None, **_):
+def _make(num_features, *, dtype, num_groups=None, eps=1e-5, **_):
     """The models' GroupNorm: ``num_groups`` (a model option) is an int for every layer, a function
     of the layer's channel count, or None for :func:`default_groups`."""
     groups = default_groups if num_groups is None else num_groups
-    return GroupNorm(groups(num_features) if callable(groups) else groups, num_features, dtype=dtype)
+    return GroupNorm(groups(num_features) if callable(groups) else groups, num_features, eps, dtype=dtype)
 
 
-register("groupnorm", "GroupNorm", "C9", _make)
+register("groupnorm", "GroupNorm", _make, color="C9", doc="layers/groupnorm.md", backward=backward,
+         pools="sample and group", centres=True, invariance="per sample and group")

@@ -50,4 +50,6 @@ class LayerNorm(groupnorm.GroupNorm):
         return f"LayerNorm({self.num_features}, eps={self.eps:g})"
 
 
-register("layernorm", "LayerNorm", "C8", lambda num_features, *, dtype, **_: LayerNorm(num_features, dtype=dtype))
+register("layernorm", "LayerNorm", lambda num_features, *, dtype, eps=1e-5, **_: LayerNorm(num_features, eps, dtype=dtype),
+         color="C8", doc="layers/layernorm.md", backward=groupnorm.backward, pools="sample", centres=True,
+         invariance="per sample")

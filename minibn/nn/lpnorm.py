@@ -281,6 +281,11 @@ class LpNorm(AffineNorm):
         return tangent_of_mode(dy, dy_t, cache.cache, tangent_cache)
 
 
-register("l1", "L1 norm", "C4", lambda num_features, *, dtype, **_: LpNorm(num_features, 1, dtype=dtype))
-register("l2", "L2 norm", "C5", lambda num_features, *, dtype, **_: LpNorm(num_features, 2, dtype=dtype))
-register("linf", "L∞ norm", "C6", lambda num_features, *, dtype, **_: LpNorm(num_features, math.inf, dtype=dtype))
+FACTS = {"doc": "layers/lpnorm.md", "backward": backward, "pools": "channel over batch", "centres": True,
+         "invariance": "per channel"}
+register("l1", "L1 norm", lambda num_features, *, dtype, eps=1e-5, **_: LpNorm(num_features, 1, eps, dtype=dtype),
+         color="C4", **FACTS)
+register("l2", "L2 norm", lambda num_features, *, dtype, eps=1e-5, **_: LpNorm(num_features, 2, eps, dtype=dtype),
+         color="C5", **FACTS)
+register("linf", "L∞ norm", lambda num_features, *, dtype, eps=1e-5, **_: LpNorm(num_features, math.inf, eps, dtype=dtype),
+         color="C6", **FACTS)

@@ -102,7 +102,8 @@ def forward(x, scale, shift):
 
 def backward(dy, cache):
     """``(dx, {})`` with dx = scale * dy (no parameters)."""
-    return dy * cache.scale, {}
+    dx = dy * cache.scale
+    return dx, {}
 
 
 NO_NOISE = Cache(1.0)
@@ -236,9 +237,13 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
         return super()._tangent_backward(da, da_t, cache.bn, tangent_cache)
 
 
-register("noisy", "noisy BatchNorm", "C2",
-         lambda num_features, *, rng, dtype, **noise: NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype,
-                                                                    **noise))
-register("standard_noisy", "standard + noise", "C3",
-         lambda num_features, *, rng, dtype, **noise: NoiseInjection(num_features, rng=rng.integers(2**63), dtype=dtype,
-                                                                    **noise))
+# the noise is applied to BatchNorm's output, so noisy BatchNorm keeps BatchNorm's facts (with the noise's draws fixed)
+register("noisy", "noisy BatchNorm",
+         lambda num_features, *, rng, dtype, **options: NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype,
+                                                                      **options),
+         color="C2", doc="layers/noisy.md", backward=backward, pools="channel over batch", centres=True,
+         invariance="per channel")
+register("standard_noisy", "standard + noise",
+         lambda num_features, *, rng, dtype, eps=None, **noise: NoiseInjection(num_features, rng=rng.integers(2**63),
+                                                                              dtype=dtype, **noise),
+         color="C3", doc="layers/noisy.md", backward=backward)

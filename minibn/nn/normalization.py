@@ -12,16 +12,24 @@ case) pool each sample's group of channels over all positions: :func:`sample_gro
 train, eval and probe modes are one map.
 
 The registry is the one list the rest of minibn derives from: the models' ``norm=``
-argument, the studies' accepted variants, and the figures' labels and colours. A layer
-module registers its normalizer(s) when it is imported (``minibn.nn`` imports them all),
-so adding a normalizer touches its module (with its :func:`register` call), its docs page
-and its tests, and nothing else.
+argument, the studies' accepted variants, the figures' labels (and colours, where an entry
+names one), and the facts the theory and the docs state of each normalizer: which values share
+a statistic (``pools``), whether it subtracts a mean (``centres``), which positive scales leave
+it unchanged (``invariance``), and the page deriving its backward (``doc``, ``backward``).
+tests/nn/test_registry.py checks every entry against its facts, its page, and the tables of
+docs/index.md and docs/theory.md. A layer module registers its normalizer(s) when it is imported
+(``minibn.nn`` imports them all), so adding a normalizer touches its module (with its
+:func:`register` call), one import line in ``minibn/nn/__init__.py``, its docs page, its tests,
+and its rows in those two tables.
 
 >>> from minibn import nn
->>> list(nn.normalization.REGISTRY)
-['standard', 'batchnorm', 'batchnorm_noaffine', 'noisy', 'standard_noisy', 'l1', 'l2', 'linf', 'groupnorm', 'layernorm', 'weightnorm']
->>> nn.normalization.get("l2").label
-'L2 norm'
+>>> list(nn.normalization.REGISTRY)[:3]
+['standard', 'batchnorm', 'batchnorm_noaffine']
+>>> {"layernorm", "groupnorm", "weightnorm"} <= set(nn.normalization.REGISTRY)
+True
+>>> entry = nn.normalization.get("l2")
+>>> entry.label, entry.pools, entry.centres, entry.invariance, entry.doc
+('L2 norm', 'channel over batch', True, 'per channel', 'layers/lpnorm.md')
 """
 
 import functools
@@ -162,19 +170,50 @@ class AffineNorm(Layer):
         setattr(self, running_spread, running_average(getattr(self, running_spread), spread, self.momentum, bessel_m))
 
 
+#: The values that share one statistic, as a registry entry's ``pools`` says.
+POOLS = {
+    "channel over batch": "one channel over the batch (and its positions)",
+    "sample": "one sample, all its values",
+    "sample and group": "one sample's group of channels, over its positions",
+    "unit's weights": "one output unit's weights (a reparametrization of the weights)",
+}
+
+#: The positive scales that leave a normalizer's output unchanged at eps = 0 (and scale its input
+#: gradient by 1/a), as a registry entry's ``invariance`` says: a scale a_j of each channel of its
+#: input, a_n of each sample, a_ng of each sample's group of channels, or a_j of each output unit's
+#: weights v_j (a reparametrization, invariant in its parameter ``v``, not in its input).
+INVARIANCES = ("per channel", "per sample", "per sample and group", "per unit")
+
+
 class Normalizer(NamedTuple):
-    """A registered normalization: ``make(num_features, rng=..., dtype=..., **options)``
-    returns the layer to insert after a weight layer (None: insert nothing). ``module`` is
-    the module whose import registers it: a study's worker process imports it (:func:`get`).
-    ``reparametrize(weight_layer)``, when given, returns the layer that replaces each weight layer
-    a normalization would follow (WeightNorm: the weights reparametrized, nothing inserted)."""
+    """A registered normalization.
+
+    ``make(num_features, *, rng, dtype, **options)`` returns the layer to insert after a weight
+    layer (None: insert nothing); options a make honours where they apply and ignores otherwise:
+    ``eps`` (the theory's checks build every normalizer with eps = 0), the noise constants, the
+    models' ``num_groups``. ``module`` is the module whose import registers it: a study's worker
+    process imports it (:func:`get`). ``reparametrize(weight_layer)``, when given, returns the
+    layer that replaces each weight layer a normalization would follow (WeightNorm: the weights
+    reparametrized, nothing inserted). ``color``: its colour in the figures (None: the figures
+    choose a free one).
+
+    The facts: ``pools`` (a key of :data:`POOLS`, None for a layer without statistics),
+    ``centres`` (whether it subtracts a mean), ``invariance`` (one of :data:`INVARIANCES`, None
+    for none), ``doc`` (its page, relative to docs/) and ``backward`` (the functional backward
+    that page derives: the page quotes its final line, the code's last assignment).
+    """
 
     name: str
     label: str
-    color: str
     make: Callable
+    color: Optional[str] = None
     module: Optional[str] = None
     reparametrize: Optional[Callable] = None
+    doc: Optional[str] = None
+    backward: Optional[Callable] = None
+    pools: Optional[str] = None
+    centres: bool = False
+    invariance: Optional[str] = None
 
 
 REGISTRY = {}
@@ -183,19 +222,29 @@ REGISTRY = {}
 ALIASES = {None: "standard", "noise": "standard_noisy"}
 
 
-def register(name, label, color, make, *, module=None, reparametrize=None):
-    """Add a normalizer under ``name`` (a new name; re-registering one is an error).
+def register(name, label, make, *, color=None, module=None, reparametrize=None, doc=None, backward=None,
+             pools=None, centres=False, invariance=None):
+    """Add a normalizer under ``name`` (a new name; re-registering one is an error), with its
+    facts (:class:`Normalizer`).
 
     ``module`` (default: the module ``make`` is defined in) is what a study's worker process
     imports to find the normalizer, since a spawned process starts with only minibn's own
     (docs/your-own-layer.md). Register at the top level of that module, so importing it is enough.
-    ``reparametrize``: see :class:`Normalizer`.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register: a normalizer's name must be an identifier-like string, got {name!r}")
     if name in REGISTRY or name in ALIASES:
         raise ValueError(f"register: a normalizer named {name!r} is already registered")
-    REGISTRY[name] = Normalizer(name, label, color, make, module or getattr(make, "__module__", None), reparametrize)
+    if not callable(make):
+        raise ValueError(f"register: {name!r}: make must be callable, got {make!r}")
+    if pools is not None and pools not in POOLS:
+        raise ValueError(f"register: {name!r}: pools must be one of {tuple(POOLS)} or None, got {pools!r}")
+    if invariance is not None and invariance not in INVARIANCES:
+        raise ValueError(f"register: {name!r}: invariance must be one of {INVARIANCES} or None, got {invariance!r}")
+    if not isinstance(centres, bool):
+        raise ValueError(f"register: {name!r}: centres must be True or False, got {centres!r}")
+    REGISTRY[name] = Normalizer(name, label, make, color, module or getattr(make, "__module__", None), reparametrize,
+                                doc, backward, pools, centres, invariance)
     return REGISTRY[name]
 
 
@@ -213,4 +262,4 @@ def get(name, module=None):
     return REGISTRY[key]
 
 
-register("standard", "standard", "C0", lambda num_features, **_: None)
+register("standard", "standard", lambda num_features, **_: None, color="C0")

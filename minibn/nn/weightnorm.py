@@ -157,5 +157,5 @@ class WeightNorm(Layer):
         return dx_t, {**out, **grads_t}
 
 
-register("weightnorm", "WeightNorm", "#b8860b", lambda num_features, **_: None,
-         reparametrize=WeightNorm)
+register("weightnorm", "WeightNorm", lambda num_features, **_: None, color="#b8860b", reparametrize=WeightNorm,
+         doc="layers/weightnorm.md", backward=backward, pools="unit's weights", centres=False, invariance="per unit")
