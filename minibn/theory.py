@@ -28,9 +28,10 @@ ones with exact Hessian-vector products. Relative errors are
 import math
 
 from minibn import backend, gradcheck
-from minibn.nn import batchnorm, dense
+from minibn.nn import batchnorm, conv, dense
 from minibn.nn.layer import Layer
 from minibn.nn.losses import softmax_cross_entropy, squared_error
+from minibn.nn.normalization import INVARIANCES
 from minibn.nn.normalization import channel_rows as rows
 
 TINY = 1e-300
@@ -543,6 +544,66 @@ def normalizer_scale_invariance(norm, x, dy=None, scales=(0.5, 2.0, 10.0), seed=
         out["grad"].append(relative_error(a * vjp(a * x, [dy])[0], dx))
     out["max_output_error"], out["max_grad_error"] = max(out["output"]), max(out["grad"])
     return out
+
+
+def invariance_scale(invariance, shape, rng, groups=1, low=0.1, high=10.0):
+    """A random positive scale (uniform in [low, high]) of the group that ``invariance`` names
+    (:data:`minibn.nn.normalization.INVARIANCES`), a host array broadcasting against an array of
+    ``shape``: "per channel" and "per unit", one per entry of the last axis (a channel of a
+    channels-last input; an output unit of a weight); "per sample", one per sample (the first
+    axis); "per sample and group", one per sample and group of ``shape[-1] // groups``
+    consecutive channels."""
+    n, c, ndim = shape[0], shape[-1], len(shape)
+    if invariance in ("per channel", "per unit"):
+        return rng.uniform(low, high, size=c)
+    if invariance == "per sample":
+        return rng.uniform(low, high, size=(n,) + (1,) * (ndim - 1))
+    if invariance == "per sample and group":
+        per_group = backend.host.repeat(rng.uniform(low, high, size=(n, groups)), c // groups, axis=1)
+        return per_group.reshape(n, *(1,) * (ndim - 2), c)
+    raise ValueError(f"invariance_scale: invariance must be one of {INVARIANCES}, got {invariance!r}")
+
+
+def invariance_case(entry, x, rng, **options):
+    """What the scale invariance of a registered normalizer (``entry``, a
+    :class:`~minibn.nn.normalization.Normalizer`) is checked on, at a float64 input x of shape (N, C)
+    or (N, H, W, C): ``(norm, u, local)``, so that ``normalizer_scale_invariance(norm, u,
+    scales=(a, local))`` checks the entry's ``invariance`` fact.
+
+    A normalizer the entry inserts: ``norm`` is ``entry.make(C, rng=rng, dtype="float64", eps=0.0,
+    **options)`` on x's backend, and u is x. A reparametrization of the weights (``"per unit"``):
+    ``norm`` is the map from the direction ``v`` of ``entry.reparametrize`` applied to a Dense (a
+    2-D x) or a Conv2d (a 4-D x) of C outputs to its output at x, through the layer's
+    ``apply``/``apply_backward`` in probe mode, and u is v. The parameters get random magnitudes in
+    [0.5, 2] with random signs; ``local`` is :func:`invariance_scale` of the entry's invariance
+    for u (the groups of a GroupNorm its ``num_groups``), on x's backend.
+    """
+    if entry.invariance is None:
+        raise ValueError(f"invariance_case: the normalizer {entry.name!r} states no scale invariance")
+    xp = backend.array_module(x)
+    on, c = backend.name_of(xp), x.shape[-1]
+    if entry.reparametrize is not None:
+        weights = (dense.Dense(c, c, rng=rng, dtype="float64") if x.ndim == 2 else
+                   conv.Conv2d(c, c, (min(2, x.shape[1]), min(2, x.shape[2])), rng=rng, dtype="float64"))
+        layer = entry.reparametrize(weights)
+    else:
+        layer = entry.make(c, rng=rng, dtype="float64", eps=0.0, **options)
+    params = {k: backend.to_device(rng.uniform(0.5, 2.0, size=p.shape) * rng.choice([-1.0, 1.0], size=p.shape), on)
+              for k, p in layer.params.items()}
+    layer.to(on)
+    if entry.reparametrize is None:
+        for k, p in params.items():
+            layer.params[k][...] = p
+        norm, u = layer, x
+    else:
+        def forward(v):
+            return layer.apply({**params, "v": v}, x, "probe")
+
+        def backward(dy, cache):
+            return layer.apply_backward(dy, cache)[1]["v"]
+        norm, u = (forward, backward), params["v"]
+    local = invariance_scale(entry.invariance, u.shape, rng, groups=getattr(layer, "num_groups", 1))
+    return norm, u, backend.to_device(local, on)
 
 
 def normalizer_projection(norm, x, pooled_view=None, numeric=True):

@@ -33,11 +33,12 @@ STATEMENTS = {
     "lemma45_premise": "Lemma 4.5 premise: for a standard-network optimum W*, k W* (k > 0) is an optimum of the "
                        "BN network",
     "scale_invariance": "BN(a W x) = BN(W x) for a > 0 (same output and loss), and grad_W at a W = (1/a) grad_W at W",
-    "normalizer_scale_invariance": "each normalizer (eps = 0) is invariant to a positive scale a of what it normalizes, "
-                                   "y(a x) = y(x) and a dL/dx(a x) = dL/dx(x): BatchNorm with or without gamma, beta "
-                                   "per channel (a scale of the preceding weights' unit), LayerNorm per sample, "
-                                   "GroupNorm per sample and group (so each to any scale of the preceding weights); "
-                                   "WeightNorm's W = g v/||v|| per output unit of v",
+    "normalizer_scale_invariance": "each registered normalizer (eps = 0) is invariant to a positive scale a of what it "
+                                   "normalizes, y(a x) = y(x) and a dL/dx(a x) = dL/dx(x), for the scales its registry "
+                                   "entry's invariance names (the table of docs/theory.md): per channel (a scale of the "
+                                   "preceding weights' unit), per sample, per sample and group (so each to any scale of "
+                                   "the preceding weights), or, for a reparametrization of the weights (WeightNorm), "
+                                   "per output unit of its direction v",
     "layernorm_projection": "LayerNorm (eps = 0, gamma = 1): per sample n, dy_n/dx_n = inv_std_n P_n with P_n = I - "
                             "11^T/m - x_hat_n x_hat_n^T/m a symmetric projection of rank m - 2 (P 1 = P x_hat = 0, "
                             "P^2 = P), and dy_n/dx_l = 0 for l != n (no coupling across the batch)",

@@ -237,13 +237,21 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
         return super()._tangent_backward(da, da_t, cache.bn, tangent_cache)
 
 
+NOISE_OPTIONS = ("n_mu", "n_sigma", "r_mu", "r_sigma")
+
+
+def _noise_options(options):
+    """The noise constants among a model's options (a make ignores the options it has no use for)."""
+    return {k: v for k, v in options.items() if k in NOISE_OPTIONS}
+
+
 # the noise is applied to BatchNorm's output, so noisy BatchNorm keeps BatchNorm's facts (with the noise's draws fixed)
 register("noisy", "noisy BatchNorm",
-         lambda num_features, *, rng, dtype, **options: NoisyBatchNorm(num_features, rng=rng.integers(2**63), dtype=dtype,
-                                                                      **options),
+         lambda num_features, *, rng, dtype, eps=1e-5, **options: NoisyBatchNorm(
+             num_features, eps, rng=rng.integers(2**63), dtype=dtype, **_noise_options(options)),
          color="C2", doc="layers/noisy.md", backward=backward, pools="channel over batch", centres=True,
          invariance="per channel")
 register("standard_noisy", "standard + noise",
-         lambda num_features, *, rng, dtype, eps=None, **noise: NoiseInjection(num_features, rng=rng.integers(2**63),
-                                                                              dtype=dtype, **noise),
+         lambda num_features, *, rng, dtype, **options: NoiseInjection(
+             num_features, rng=rng.integers(2**63), dtype=dtype, **_noise_options(options)),
          color="C3", doc="layers/noisy.md", backward=backward)

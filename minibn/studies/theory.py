@@ -85,9 +85,10 @@ def random_instances(tally, n, rng, xp):
 
 
 def normalizer_instances(tally, n, rng, xp):
-    """The other normalizers' invariances and LayerNorm's projection (docs/theory.md), on their code
-    through minibn.theory's generic functions: ``n`` random inputs, dense or channels-last."""
-    on = backend.name_of(xp)
+    """Every registered normalizer's scale invariance, as its registry entry states it (docs/theory.md's
+    table), and LayerNorm's projection, on their code through minibn.theory's generic functions: ``n``
+    random inputs, dense or channels-last."""
+    entries = [entry for entry in nn.normalization.REGISTRY.values() if entry.invariance is not None]
     for i in range(n):
         # at least 3 values per statistic: with 2, x_hat = (-1, 1) whatever x is, and the Jacobian is 0
         N, C = int(rng.integers(3, 6)), int(rng.choice([3, 4, 6]))
@@ -95,28 +96,13 @@ def normalizer_instances(tally, n, rng, xp):
         scale = float(10.0 ** rng.uniform(-2, 2))
         x = backend.to_device(rng.standard_normal(shape) * scale + rng.uniform(-3, 3) * scale, xp)
         groups = int(rng.choice([g for g in (1, 2, 3) if C % g == 0 and x[0].size // g >= 3]))
-        per_channel = rng.uniform(0.1, 10.0, size=C)
-        per_sample = rng.uniform(0.1, 10.0, size=(N,) + (1,) * (len(shape) - 1))
-        per_group = group_scales(rng.uniform(0.1, 10.0, size=(N, groups)), C // groups, len(shape))
         a = float(10.0 ** rng.uniform(-3, 3))
-        cases = [(nn.BatchNorm(C, eps=0.0, dtype="float64"), per_channel),
-                 (nn.BatchNorm(C, eps=0.0, affine=False, dtype="float64"), per_channel),
-                 (nn.LayerNorm(C, eps=0.0, dtype="float64"), per_sample),
-                 (nn.GroupNorm(groups, C, eps=0.0, dtype="float64"), per_group)]
-        for layer, local in cases:
-            for p in layer.params.values():
-                p[...] = rng.uniform(0.5, 2.0, size=p.shape) * rng.choice([-1.0, 1.0], size=p.shape)
-            layer.to(on)
-            r = theory.normalizer_scale_invariance(layer, x, scales=(a, backend.to_device(local, xp)), seed=i)
+        for entry in entries:
+            norm, u, local = theory.invariance_case(entry, x, rng, num_groups=groups)
+            r = theory.normalizer_scale_invariance(norm, u, scales=(a, local), seed=i)
             tally.add("normalizer_scale_invariance", "random", max(r["max_output_error"], r["max_grad_error"]))
-        v = rng.standard_normal((int(rng.integers(1, 4)), 3, C) if i % 2 else (int(rng.integers(2, 9)), C))
-        g = backend.to_device(rng.standard_normal(C), xp)
-        pair = (lambda v_: weightnorm.forward(v_, g), lambda dW, cache: weightnorm.backward(dW, cache)["v"])
-        r = theory.normalizer_scale_invariance(pair, backend.to_device(v, xp), seed=i,
-                                               scales=(a, backend.to_device(rng.uniform(0.1, 10.0, size=C), xp)))
-        tally.add("normalizer_scale_invariance", "random", max(r["max_output_error"], r["max_grad_error"]))
 
-        layer = nn.LayerNorm(C, eps=0.0, dtype="float64").to(on)
+        layer = nn.LayerNorm(C, eps=0.0, dtype="float64").to(backend.name_of(xp))
         proj = theory.normalizer_projection(layer, x)
         flat = x.reshape(N, -1)
         inv_std = 1.0 / flat.std(axis=1)       # from first principles: the sample's population std
@@ -128,13 +114,6 @@ def normalizer_instances(tally, n, rng, xp):
                   violated=not (err <= TOLERANCE["layernorm_projection"] and rank_ok
                                 and proj["numeric"] <= NUMERIC_JACOBIAN_TOLERANCE))
         tally.bump("layernorm_projection", "max_rel_err_numeric", proj["numeric"])
-
-
-def group_scales(per_group, size, ndim):
-    """(N, G) scales as an array broadcasting against (N, C) or (N, H, W, C) inputs: each group's
-    scale repeated over its ``size`` channels."""
-    scales = backend.host.repeat(per_group, size, axis=1)
-    return scales.reshape(scales.shape[0], *(1,) * (ndim - 2), scales.shape[1])
 
 
 def premise(tally, source, x, t):

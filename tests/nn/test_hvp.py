@@ -1,7 +1,8 @@
 """Exact Hessian-vector products (the layers' tangent passes, Sequential.hvp) against the full
 Hessian built column by column from central differences of the exact gradient, float64.
 
-Every layer sits in a small network; hypothesis draws the shapes, seeds and losses. Kinks are kept
+Every layer sits in a small network; hypothesis draws the shapes, seeds and losses (the registered
+normalizers get the same check, through these helpers, in tests/nn/test_registry.py). Kinks are kept
 away: a drawn case whose ReLU inputs, pooling windows or Lp maximizers/signs come within MARGIN of a
 switch is rejected, and MARGIN is 10^4 times the largest move a difference step of STEP can cause
 in them (parameters and activations are O(1)), so no column crosses a kink. Then the exact product
@@ -97,16 +98,12 @@ def dense_sandwich(make_layer, features, rng, out=3):
                           nn.Dense(features, out, rng=rng, dtype=F64)])
 
 
+#: The layers that are not normalizers; every registered normalizer gets this same check in
+#: tests/nn/test_registry.py (Dense -> it -> Dense, the same draws).
 DENSE_LAYERS = {
     "dense": lambda c: nn.Dense(c, c, dtype=F64),
     "dense_no_bias": lambda c: nn.Dense(c, c, bias=False, dtype=F64),
     "relu": lambda c: nn.ReLU(),
-    "batchnorm": lambda c: nn.BatchNorm(c, dtype=F64),
-    "noisy_batchnorm": lambda c: nn.NoisyBatchNorm(c, rng=0, dtype=F64),
-    "noise_injection": lambda c: nn.NoiseInjection(c, rng=0, dtype=F64),
-    "l1": lambda c: nn.LpNorm(c, 1, dtype=F64),
-    "l2": lambda c: nn.LpNorm(c, 2, dtype=F64),
-    "linf": lambda c: nn.LpNorm(c, math.inf, dtype=F64),
 }
 
 
@@ -157,7 +154,7 @@ def test_exact_hvp_of_a_conv_net_matches_the_differenced_hessian(n, size, channe
 
 def test_hvp_refuses_bad_vectors_and_layers_without_tangents():
     rng = np.random.default_rng(0)
-    model = perturb(dense_sandwich(DENSE_LAYERS["batchnorm"], 3, rng), rng)
+    model = perturb(dense_sandwich(lambda c: nn.BatchNorm(c, dtype=F64), 3, rng), rng)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
     with pytest.raises(nn.LayerError, match="hvp needs a 1-D vector of 30 values"):
         model.hvp(nn.squared_error, x, y, np.ones(5), loss_tangent=loss_tangent(nn.squared_error))
@@ -176,7 +173,7 @@ def test_hvp_refuses_bad_vectors_and_layers_without_tangents():
 def test_noisy_layers_use_the_cached_draws_in_train_mode():
     """In train mode the noise is a fixed affine map at the point: the tangent passes reuse its draws."""
     rng = np.random.default_rng(3)
-    for make in (DENSE_LAYERS["noisy_batchnorm"], DENSE_LAYERS["noise_injection"]):
+    for make in (lambda c: nn.NoisyBatchNorm(c, rng=0, dtype=F64), lambda c: nn.NoiseInjection(c, rng=0, dtype=F64)):
         layer = make(3)
         perturb(nn.Sequential([layer]), rng)
         x, x_t, dy, dy_t = (rng.normal(size=(6, 3)) for _ in range(4))
@@ -219,7 +216,7 @@ def test_has_tangents_names_what_the_exact_product_needs():
             return dy, {}
 
     rng = np.random.default_rng(1)
-    model = dense_sandwich(DENSE_LAYERS["l2"], 3, rng)
+    model = dense_sandwich(lambda c: nn.LpNorm(c, 2, dtype=F64), 3, rng)
     assert model.has_tangents and hessian.exact_available(model, nn.squared_error)
     assert not hessian.exact_available(model, lambda pred, target: nn.squared_error(pred, target))
     opaque = nn.Sequential([model[0], Opaque(), model[2]])
