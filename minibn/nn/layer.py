@@ -183,9 +183,11 @@ class Layer:
         return self._apply(self.params, x, mode)
 
     def _apply(self, params, x, mode):
-        raise NotImplementedError(f"{self.describe()}: implements neither _apply(params, x, mode) nor _forward(x, mode); "
-                                  f"the one it implements runs on the parameters given (_apply), or on its own only "
-                                  f"(_forward, and then apply() is not available)")
+        if type(self)._forward is not Layer._forward:
+            raise NotImplementedError(f"{self.describe()}: runs on its own parameters only (it implements _forward(x, "
+                                      f"mode), not _apply(params, x, mode)), so apply() is not available")
+        raise NotImplementedError(f"{self.describe()}: implements neither _apply(params, x, mode) (its forward on the "
+                                  f"parameters given) nor _forward(x, mode) (on its own)")
 
     def _backward(self, dy, cache):
         raise NotImplementedError

@@ -73,8 +73,14 @@ def test_apply_refuses_a_mode_or_keys_that_do_not_fit_and_a_layer_that_only_runs
             return 2.0 * dy, {}
 
     np.testing.assert_array_equal(OwnOnly().forward(x), 2.0 * x)
-    with pytest.raises(NotImplementedError, match="OwnOnly: implements neither _apply"):
+    with pytest.raises(NotImplementedError, match=r"OwnOnly: runs on its own parameters only .* apply\(\) is not available"):
         OwnOnly().apply({}, x, "probe")
+
+    class Nothing(nn.Layer):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"Nothing: implements neither _apply\(params, x, mode\)"):
+        Nothing().forward(x)
 
 
 def test_weightnorm_runs_the_wrapped_layer_without_giving_it_parameters():
