@@ -23,7 +23,6 @@ VGG-16 at batch 16, a few DLN steps.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -197,7 +196,7 @@ def part_vgg_e1(budget, quick, data_dir, work):
     preset = "smoke" if quick else "paper"
     cfg = dict(vgg.PRESETS[preset])
     try:
-        vgg.load_data(cfg, data_dir)
+        vgg.load_data(data_dir, cfg["train_size"], cfg["eval_test_size"], cfg["eval_train_size"])
     except Exception as err:  # no CIFAR-10 here (and no network to fetch it)
         return {"status": "skipped", "note": f"CIFAR-10 not available: {err}"}
     xp = backend.get("cupy")

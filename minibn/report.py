@@ -1,37 +1,56 @@
-"""Figures and markdown from result files (matplotlib with the Agg backend).
+"""Figures and markdown from result files: one style, one palette, no measurement.
 
-Studies call these on the plain lists of their ``results.json``; nothing here
-computes a measurement. Non-finite values are stored as ``None`` (null);
-:func:`floats` reads them back as NaN.
+Reports call these on the plain lists of a results document (:mod:`minibn.results` reads it);
+nothing here computes a measurement or judges a claim. Matplotlib (with the Agg backend) is
+imported by the first figure, not by importing this module, so the markdown helpers
+(:func:`table`, :func:`fmt`, :func:`label`) cost no plotting library.
 """
 
+import argparse
+import functools
 import math
+import os
+import sys
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-
-from minibn import backend, io  # noqa: E402
-from minibn.nn import normalization  # noqa: E402
+from minibn import backend, io, results
+from minibn.nn import normalization
+from minibn.results import floats
 
 np = backend.host
 
+#: Colours handed to the normalizers: matplotlib's ten-colour cycle, then ten more.
+PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "#b8860b", "#8b0000", "#006400",
+           "#4b0082", "#ff1493", "#2f4f4f", "#000080", "#808000", "#cd5c5c", "#20b2aa")
+
+
+@functools.lru_cache(maxsize=None)
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colors():
+    """``{variant: colour}`` of every registered normalizer: the colour its entry names where it names
+    one (an override), else, in the registry's order, the first colour of :data:`PALETTE` that no
+    other entry has (a user's normalizer never gets a colour already taken)."""
+    taken = {entry.color for entry in normalization.REGISTRY.values() if entry.color}
+    free = (c for c in PALETTE if c not in taken)
+    return {name: entry.color or next(free, "k") for name, entry in normalization.REGISTRY.items()}
+
 
 def color(variant):
-    """The colour of a normalizer in every study's figures (its registry entry)."""
-    return normalization.get(variant).color
+    """The colour of a normalizer in every study's figures (:func:`colors`)."""
+    return colors()[normalization.get(variant).name]
 
 
 def label(variant):
     """A normalizer's name in legends and reports (its registry entry)."""
     return normalization.get(variant).label
-
-
-def floats(values):
-    """A float64 array from a list that may hold None (read as NaN)."""
-    return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
 #: The largest magnitude a figure draws: values beyond it (a diverging run reaches 1e260 and
@@ -85,20 +104,6 @@ def diverged_label(name, runs):
     if len(runs) == 1:
         return f"{name} (diverged at step {diverged[0]['diverged_at']})"
     return f"{name} (diverged: " + ", ".join(f"seed {r.get('seed')} at step {r['diverged_at']}" for r in diverged) + ")"
-
-
-def window(steps, early=False):
-    """Indices of the measurement points after step 0; ``early``: only the first 20% of them (at
-    least one), docs/protocol.md's "early in training" (at step 0 a network can sit on a flat plateau)."""
-    idx = [i for i, s in enumerate(steps) if s > 0]
-    return idx[:max(1, math.ceil(0.2 * len(idx)))] if early else idx
-
-
-def finite_median(values):
-    """The median of the finite entries of ``values`` (None and NaN skipped); NaN when there are none."""
-    a = floats(values)
-    a = a[np.isfinite(a)]
-    return float(np.median(a)) if a.size else math.nan
 
 
 def median_band(curves):
@@ -197,19 +202,19 @@ def ridge(ax, samples_by_step, steps, color="C0", overlap=1.8, bins=60, max_ridg
 
 
 def new_figure(nrows, ncols, width=4.2, height=3.2):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+    fig, axes = _pyplot().subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
                              constrained_layout=True)
     return fig, axes
 
 
 def close(fig):
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def save(fig, path):
     """Write ``fig`` to ``path`` (atomically) and free it."""
     io.write_figure(path, fig)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def table(header, rows):
@@ -227,3 +232,34 @@ def fmt(value, digits=3):
     if not math.isfinite(v):
         return str(v)
     return f"{v:.{digits}g}"
+
+
+def write_markdown(folder, text):
+    """``folder/report.md``: the generated ``text``, then ``folder/notes.md`` where there is one (a note
+    written by hand on how the run was made, which a rebuilt report must keep)."""
+    notes = os.path.join(folder, "notes.md")
+    if os.path.exists(notes):
+        with open(notes, encoding="utf-8") as f:
+            text = text.rstrip("\n") + "\n\n" + f.read()
+    io.write_text(os.path.join(folder, "report.md"), text)
+
+
+def main(prog, write, argv=None):
+    """``python -m PROG DIR``: rebuild DIR's figures, claims.json and report.md with ``write(DIR, doc,
+    arrays)`` from DIR's results alone (:func:`minibn.results.read`); the exit status. A folder
+    without results.json is a usage error; a damaged results file, a one-line error naming it."""
+    p = argparse.ArgumentParser(prog=f"python -m {prog}",
+                                description="Rebuild the figures, claims.json and report.md of a results folder from "
+                                            "its results.json (and results.npz, where there is one) alone.")
+    p.add_argument("dir", help="the study's output folder (its --out)")
+    folder = p.parse_args(argv).dir
+    if not os.path.isfile(os.path.join(folder, "results.json")):
+        p.error(f"{folder} has no results.json: give the folder a study wrote (its --out)")
+    try:
+        doc, arrays = results.read(folder)
+    except io.DamagedFile as err:
+        sys.exit(f"error: {err}; run the study's command again with --resume to rewrite it from the runs "
+                 f"it kept, or give another folder")
+    write(folder, doc, arrays)
+    print(os.path.join(folder, "report.md"))
+    return 0

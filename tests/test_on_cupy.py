@@ -94,7 +94,7 @@ def without_times(run):
 def test_dln_smoke_command_on_cupy_equals_numpy(cp, tmp_path):
     python_m("minibn.studies.dln", "--backend", "cupy", "--preset", "smoke", "--out", str(tmp_path / "gpu"))
     gpu = json.loads((tmp_path / "gpu" / "results.json").read_text())
-    cpu = dln.run(str(tmp_path / "cpu"), preset="smoke", report=False)
+    cpu = dln.run(out=str(tmp_path / "cpu"), preset="smoke", report=False)
     assert (tmp_path / "gpu" / "report.md").exists()
     assert gpu["config"]["environment"]["gpu"]["device_name"] and gpu["config"]["environment"]["gpu"]["cupy"]
     assert sorted(gpu["runs"]) == sorted(cpu["runs"])

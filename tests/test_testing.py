@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from minibn import backend, nn
+from minibn import nn
 from minibn.gradcheck import GradcheckError
 from minibn.nn.layer import Layer, check_input
 from minibn.nn.normalization import REGISTRY, channel_rows, register

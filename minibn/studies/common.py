@@ -1,39 +1,219 @@
-"""What every study shares: option checks, the output folder and resume, where the runs go
-(a local worker pool or Dask: :func:`run_tasks`), the record of the machine, and reading a
-results folder back for its report."""
+"""The one study skeleton: options, the output folder and resume, where the runs go (a local
+worker pool or Dask: :func:`run_tasks`), the record of the machine, and the results written.
+
+A study module declares its options once (``OPTIONS``, a tuple of :class:`Option`: the names of
+``run``'s keyword arguments, which the command line spells ``--like-this``), checks them
+(``check(options) -> options``, a ``ValueError`` naming the option) and carries them out
+(``execute(options, command) -> results``). From these the skeleton makes the study's two
+entry points, the same for every study::
+
+    run, main = common.entry_points(__name__, OPTIONS)
+
+``run(**options)`` is the primary API; ``main(argv)`` is ``python -m minibn.studies.NAME``, which
+parses the command line into the same options.
+
+A study of independent runs (the DLN, VGG and sharpness studies) trains them with
+:func:`train_runs` and writes its results with :func:`write_results`; its report module is
+called on the results document, never the other way round.
+"""
 
 import argparse
 import functools
+import importlib
+import inspect
 import os
 import platform
 import sys
+import time
 import traceback
 import uuid
+from typing import Any, NamedTuple, Optional
 
-from minibn import backend, io
+from minibn import backend, io, results
+
+_AS_DEFAULT = object()
 
 
-def add_options(parser, default_out, resume=True, jobs=True):
-    """The options the studies share: --backend, --out, and (unless told not to) --resume and --jobs."""
-    parser.add_argument("--backend", default="numpy", help="array backend: numpy (CPU) or cupy (GPU) [numpy]")
-    parser.add_argument("--out", default=None, help=f"output folder [{default_out}]")
+class Option(NamedTuple):
+    """One option of a study: ``run``'s keyword ``name`` (default ``default``) and the command
+    line's ``--name`` (underscores as dashes; a boolean whose default is true is ``--no-name``).
+    ``type``, ``nargs``, ``choices``, ``metavar``: argparse's; ``cli_default``: the command line's
+    default where it differs from ``run``'s."""
+
+    name: str
+    default: Any
+    help: str
+    type: Any = None
+    nargs: Any = None
+    choices: Any = None
+    metavar: Optional[str] = None
+    cli_default: Any = _AS_DEFAULT
+
+
+def shared_options(default_out, resume=True, runs=True):
+    """The options every study has: --backend, --out, --report, and (unless told not to) --resume,
+    and for a study of independent runs --jobs, --executor, --scheduler, --seed and --seeds."""
+    out = [Option("backend", "numpy", "array backend: numpy (CPU) or cupy (GPU)"),
+           Option("out", None, f"output folder [{default_out}]", metavar="DIR"),
+           Option("report", True, "write the figures, claims.json and report.md after results.json (--no-report: "
+                                  "the results alone; the study's report command builds the rest later)")]
     if resume:
-        parser.add_argument("--resume", action="store_true", help="continue the study in --out: finished runs are "
-                            "kept, interrupted ones resume from their last checkpoint")
-    if jobs:
-        parser.add_argument("--jobs", type=int, default=None,
-                            help="runs trained at once in worker processes, one BLAS thread each "
-                                 "[numpy: min(2, cores); cupy: 1; --executor dask: one per core, or per GPU on cupy]")
-        parser.add_argument("--executor", default="local", choices=EXECUTORS,
-                            help="local: a process pool on this machine; dask: one Dask task per run, on the cluster "
-                                 "of --scheduler or on a local one of --jobs workers (docs/distributed.md) [local]")
-        parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                            help="with --executor dask: a running Dask scheduler (tcp://HOST:8786), whose workers "
-                                 "share --out; its workers decide how many runs train at once [a local cluster]")
+        out.append(Option("resume", False, "continue the study in --out: finished runs are kept, interrupted ones "
+                                           "resume from their last checkpoint"))
+    if runs:
+        out += [Option("seed", 0, "first seed", type=int),
+                Option("seeds", 1, "repeat every run with this many seeds (seed, seed+1, ...)", type=int),
+                Option("jobs", 1, "runs trained at once in worker processes, one BLAS thread each [run(): 1; the "
+                                  "command line: min(2, cores) on numpy, 1 on cupy; --executor dask: one per core, "
+                                  "or per GPU on cupy]", type=int, cli_default=None),
+                Option("executor", "local", "local: a process pool on this machine; dask: one Dask task per run, on "
+                                            "the cluster of --scheduler or on a local one of --jobs workers "
+                                            "(docs/distributed.md)", choices=EXECUTORS),
+                Option("scheduler", None, "with --executor dask: a running Dask scheduler (tcp://HOST:8786), whose "
+                                          "workers share --out; its workers decide how many runs train at once "
+                                          "[a local cluster]", metavar="ADDRESS")]
+    return tuple(out)
 
 
 #: Where a study's runs go (:func:`run_tasks`).
 EXECUTORS = ("local", "dask")
+
+
+def parser(study):
+    """The command line of the study module ``study``, from its ``OPTIONS``."""
+    p = argparse.ArgumentParser(prog=f"python -m {study.__name__}", description=study.__doc__.split("\n\n")[0])
+    for opt in study.OPTIONS:
+        flag = "--" + opt.name.replace("_", "-")
+        default = opt.default if opt.cli_default is _AS_DEFAULT else opt.cli_default
+        shown = "" if opt.default is None or "[" in opt.help else f" [{opt.default}]"
+        if isinstance(opt.default, bool):
+            p.add_argument(f"--no-{flag[2:]}" if opt.default else flag, dest=opt.name, default=opt.default,
+                           action="store_false" if opt.default else "store_true", help=opt.help)
+            continue
+        p.add_argument(flag, dest=opt.name, default=default, type=opt.type, nargs=opt.nargs, choices=opt.choices,
+                       metavar=opt.metavar, help=opt.help + shown)
+    return p
+
+
+def options(study, given):
+    """``given`` (``run``'s keyword arguments) completed with the defaults of ``study.OPTIONS``; a
+    name that is not an option is a TypeError, as for any function."""
+    names = [opt.name for opt in study.OPTIONS]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(f"{study.__name__}.run() got unexpected option(s) {unknown}; its options are {names}")
+    return {opt.name: given.get(opt.name, opt.default) for opt in study.OPTIONS}
+
+
+def signature(study_options):
+    """The signature ``run(**options)`` shows (``help``, ``inspect``): every option as a keyword."""
+    return inspect.Signature([inspect.Parameter(opt.name, inspect.Parameter.KEYWORD_ONLY, default=opt.default)
+                              for opt in study_options])
+
+
+def checked(study, opts):
+    """``opts`` with every option checked before any work starts (a ValueError naming the option):
+    --jobs, then the study's own checks, then the backend, seeds, executor and, last (it creates the
+    folder), --out, which defaults to ``study.DEFAULT_OUT`` filled with the options."""
+    if "jobs" in opts:
+        opts["jobs"] = check_jobs(opts["jobs"], opts["backend"], opts["executor"])
+    opts = study.check(opts)
+    check_backend(opts["backend"])
+    if "seed" in opts:
+        check_seed(opts["seed"])
+    if "seeds" in opts:
+        if isinstance(opts["seeds"], bool) or not isinstance(opts["seeds"], int) or opts["seeds"] < 1:
+            raise ValueError(f"--seeds must be an integer >= 1, got {opts['seeds']!r}")
+    if "executor" in opts:
+        check_executor(opts["executor"], opts["scheduler"], opts["backend"])
+    opts["out"] = opts["out"] or study.DEFAULT_OUT.format(**opts)
+    check_writable_dir(opts["out"])
+    return opts
+
+
+def _study(module):
+    """The study module named ``module`` (its own name when it runs as ``python -m``: a task pickled
+    for a worker process then names a module the worker can import)."""
+    if module == "__main__":
+        module = sys.modules["__main__"].__spec__.name
+    return importlib.import_module(module)
+
+
+def run(module, given):
+    """``module.run(**given)``: the options completed and checked (ValueError before any work), then
+    the study carried out; returns what results.json holds."""
+    study = _study(module)
+    module = study.__name__
+    opts = checked(study, options(study, given))
+    call = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    return study.execute(opts, f"{module}.run({call})")
+
+
+def main(module, argv=None):
+    """``python -m MODULE ARGV``: the options parsed and checked (a usage error, exit status 2), the
+    study carried out under :func:`main_guard`; the exit status."""
+    study = _study(module)
+    module = study.__name__
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser(study)
+    try:
+        opts = checked(study, vars(p.parse_args(argv)))
+    except ValueError as err:
+        p.error(str(err))
+    command = " ".join(["python -m", module, *argv])
+    return main_guard(lambda: study.execute(opts, command), opts["out"], command)
+
+
+def entry_points(module, study_options):
+    """``(run, main)`` of the study module ``module`` whose options are ``study_options``."""
+    def run_study(**options):
+        return run(module, options)
+
+    def main_study(argv=None):
+        return main(module, argv)
+
+    run_study.__signature__ = signature(study_options)
+    run_study.__doc__ = (f"Run the study {module} (the options of its OPTIONS as keywords) and return what "
+                         f"results.json holds. Writes into ``out`` what the command line writes. A bad option "
+                         f"raises ValueError before any work starts; one the study does not have, TypeError.")
+    main_study.__doc__ = f"``python -m {module} ARGV``: the exit status."
+    for fn, name in ((run_study, "run"), (main_study, "main")):
+        fn.__module__, fn.__name__, fn.__qualname__ = module, name, name
+    return run_study, main_study
+
+
+def check_seed(seed):
+    """Raise ValueError naming --seed unless it is an integer >= 0 (what NumPy's generators take)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+
+
+def check_positive(name, value, allow_none=True):
+    """Raise ValueError naming --NAME unless ``value`` is an integer >= 1 (or None, where allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+
+def check_lr(name, value):
+    """A learning rate as the one float it stays from here to the optimizer, or a ValueError naming --NAME."""
+    try:
+        lr = float(value)
+    except (TypeError, ValueError):
+        lr = float("nan")
+    if not (lr > 0 and lr != float("inf")):
+        raise ValueError(f"--{name.replace('_', '-')} must be positive and finite, got {value!r}")
+    return lr
+
+
+def as_list(value):
+    """A list from a list, tuple or the command line's comma-separated string (None stays None)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() if isinstance(item, str) else item for item in items
+            if not isinstance(item, str) or item.strip()]
 
 
 def default_jobs(backend_name="numpy"):
@@ -49,15 +229,9 @@ def check_jobs(jobs, backend_name="numpy", executor="local"):
     with the Dask executor: its local cluster sizes itself to the machine)."""
     if jobs is None:
         return None if executor == "dask" else default_jobs(backend_name)
-    if int(jobs) != jobs or jobs < 1:
+    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     return int(jobs)
-
-
-def check_seed(seed):
-    """Raise ValueError naming --seed unless it is an integer >= 0 (what NumPy's generators take)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
 
 
 def unique(values):
@@ -409,50 +583,57 @@ def read_config(path):
         sys.exit(f"error: --resume: {err}; start a new --out (or delete the folder to start over)")
 
 
-def report_folder(prog, argv=None):
-    """The results folder named on a report's command line (``python -m PROG DIR``), checked."""
-    p = argparse.ArgumentParser(prog=f"python -m {prog}",
-                                description="Rebuild the figures and report.md of a results folder from its "
-                                            "results.json (and results.npz, where there is one) alone.")
-    p.add_argument("dir", help="the study's output folder (its --out)")
-    args = p.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.dir, "results.json")):
-        p.error(f"{args.dir} has no results.json: give the folder a study wrote (its --out)")
-    return args.dir
+# --- a study of independent runs --------------------------------------------------------------
+
+def task(opts, cfg, name, **fields):
+    """One run as a task for :func:`run_tasks`: its ``name`` (its folder is ``out/runs/name``), the
+    study's ``config``, ``out`` and ``resume``, and the run's own ``fields``."""
+    return {"name": name, "config": cfg, "out": opts["out"], "resume": opts["resume"], **fields}
 
 
-def read_results(folder):
-    """``(doc, arrays)``: ``folder/results.json`` and the arrays of ``folder/results.npz`` ({} without one);
-    :class:`minibn.io.DamagedFile` naming the file that cannot be read."""
-    doc = io.read_json(os.path.join(folder, "results.json"))
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise io.DamagedFile(f"{os.path.join(folder, 'results.json')} is damaged (no 'config' record)")
-    npz = os.path.join(folder, "results.npz")
-    if not os.path.exists(npz):
-        return doc, {}
-    try:
-        with backend.host.load(npz, allow_pickle=False) as stored:
-            return doc, {key: stored[key] for key in stored.files}
-    except Exception as err:  # zip, zlib, pickle-refusal errors of a cut-short or overwritten file
-        raise io.DamagedFile(f"{npz} is damaged ({type(err).__name__}: {err})") from None
+def train_runs(title, opts, cfg, tasks, fn, command, may_change=(), order=None):
+    """Record ``cfg`` in ``out/config.json`` (:func:`record_config`), train every task with ``fn`` where
+    ``opts`` sends them (:func:`run_tasks`; in the order ``order(tasks)`` gives, where given) and
+    return ``({name: result} in the order of tasks, wall seconds)``; :class:`StudyFailed` when some
+    runs failed (their tracebacks in ``out/errors.log``)."""
+    from tqdm.auto import tqdm
+
+    out, jobs, executor = opts["out"], opts["jobs"], opts["executor"]
+    record_config(out, cfg, opts["resume"], may_change)
+    print(f"{title}: {len(tasks)} runs on {opts['backend']}, {describe_executor(executor, jobs, opts['scheduler'])}"
+          f" -> {out}", flush=True)
+    started = time.perf_counter()
+    parallel = executor == "dask" or (jobs or 2) > 1
+    finished = {}
+    bar = tqdm(total=len(tasks), desc="runs", disable=None)
+    for t, result in run_tasks(fn, order(tasks) if order else tasks, executor, jobs, opts["scheduler"],
+                               opts["backend"]):
+        finished[t["name"]] = result
+        bar.update()
+        if parallel:
+            bar.write(f"{'failed' if isinstance(result, Failure) else 'finished'} {t['name']} "
+                      f"({len(finished)}/{len(tasks)})")
+    bar.close()
+    raise_failures(out, failures_of(finished), resume_command(command))
+    return {t["name"]: finished[t["name"]] for t in tasks}, time.perf_counter() - started
 
 
-def report_input(prog, argv=None):
-    """``(folder, doc, arrays)`` of a report's command line (:func:`report_folder`, :func:`read_results`);
-    exits with a one-line error naming a damaged file."""
-    folder = report_folder(prog, argv)
-    try:
-        return (folder, *read_results(folder))
-    except io.DamagedFile as err:
-        sys.exit(f"error: {err}; run the study's command again with --resume to rewrite it from the runs "
-                 f"it kept, or give another folder")
+def write_results(opts, doc, split_run=None, report=None):
+    """``out/results.json`` (+ ``results.npz`` with what ``split_run`` moves out of each run,
+    :func:`minibn.results.split_arrays`), then, unless ``opts["report"]`` is false, ``report.write``
+    (the study's report module) on them; returns what results.json holds."""
+    slim, arrays = results.split_arrays(doc, split_run) if split_run else (doc, {})
+    results.write(opts["out"], slim, arrays)
+    if opts["report"] and report is not None:
+        report.write(opts["out"], slim, arrays)
+    print(f"done in {doc['config']['wall_s']:.1f} s: "
+          f"{os.path.join(opts['out'], 'report.md' if opts['report'] else 'results.json')}", flush=True)
+    return io.jsonable(slim)
 
 
-def write_report(folder, text):
-    """``folder/report.md``: the generated ``text``, then ``folder/notes.md`` where there is one (a note
-    written by hand on how the run was made, which a rebuilt report must keep)."""
-    notes = os.path.join(folder, "notes.md")
-    if os.path.exists(notes):
-        with open(notes, encoding="utf-8") as f:
-            text = text.rstrip("\n") + "\n\n" + f.read()
-    io.write_text(os.path.join(folder, "report.md"), text)
+def document(study, opts, cfg, runs, command, wall_s, **fields):
+    """The results document: ``{"study", "preset", **fields, "config": cfg + environment, command
+    and wall time, "runs"}``."""
+    return {"study": study, "preset": opts.get("preset"), **fields,
+            "config": {**cfg, "environment": environment(opts["backend"]), "command": command, "wall_s": wall_s},
+            "runs": runs}

@@ -14,17 +14,16 @@ the figures, and DIR/report.md (see :mod:`minibn.studies.dln_report`). From Pyth
 :func:`run` does the same and returns the results (docs/studies.md).
 """
 
-import argparse
-import math
 import os
 import sys
 import time
 
-from minibn import backend, io, models, nn, train
+from minibn import backend, io, models, nn, results, train
 from minibn.data.synthetic import linear_regression
 from minibn.measure import hessian, ics, landscape, moments
 from minibn.nn import normalization
 from minibn.optim import SGD
+from minibn.results import Run
 from minibn.studies import common
 
 #: minibn's own variants. A run accepts every name registered when it starts, a user's too
@@ -58,10 +57,6 @@ def loss_fn(pred, target):
 loss_fn.tangent = nn.losses.squared_error_tangent   # for the exact Hessian-vector products
 
 
-def run_name(variant, lr, seed):
-    return f"{variant}_lr{lr:g}_seed{seed}"
-
-
 def moment_layer_indices(model, blocks):
     """Layer index whose *input* is the pre-activation the next block sees after block k (1-based)."""
     groups = model.blocks()
@@ -90,156 +85,148 @@ def data_and_model(cfg, variant, seed):
     return X, Y, model
 
 
-def run_one(spec):
-    """Train one configuration with the instruments attached; returns its result dict."""
-    cfg, name = spec["config"], spec["name"]
-    folder = os.path.join(spec["out"], "runs", name)
+def singular_values(Y):
+    """The singular values of the host target ``Y``, largest first: what the loss-scale claim needs of
+    a run (its rank-k residuals, :func:`minibn.results.rank_residuals`)."""
+    return [float(s) for s in backend.host.linalg.svd(Y, compute_uv=False)]
+
+
+def run_one(task):
+    """Train one run with the instruments attached; returns (and stores) its result dict."""
+    cfg, run = task["config"], task["run"]
+    folder = os.path.join(task["out"], "runs", task["name"])
     done = os.path.join(folder, "result.json")
-    if spec["resume"] and os.path.exists(done):
-        return io.read_json(done)
+    if task["resume"] and os.path.exists(done):
+        result = io.read_json(done)
+        if "target_singular_values" not in result:  # a run finished before runs recorded them
+            result["target_singular_values"] = singular_values(data_and_model(cfg, "standard", run.seed)[1])
+        return result
     xp = backend.get(cfg["backend"])
-    normalization.get(spec["variant"], spec["module"])  # a spawned worker imports a user's variant here
-    X, Y, model = data_and_model(cfg, spec["variant"], spec["seed"])
+    normalization.get(run.variant, task["module"])  # a spawned worker imports a user's variant here
+    X, Y, model = data_and_model(cfg, run.variant, run.seed)
+    target = singular_values(Y)
     model.to(cfg["backend"])
     X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
-    lr = spec["lr"]
-    etas = [m * lr for m in cfg["eta_multipliers"]]
     every = cfg["measure_every"]
     moment_layers = moment_layer_indices(model, cfg["moment_layers"])
     callbacks = [
         ics.ICSRecorder(loss_fn, every=every),
-        landscape.LandscapeRecorder(loss_fn, etas=etas, every=every),
-        moments.MomentsRecorder(moment_layers, every=every, n_samples=cfg["moment_samples"], seed=spec["seed"]),
+        landscape.LandscapeRecorder(loss_fn, etas=[m * run.lr for m in cfg["eta_multipliers"]], every=every),
+        moments.MomentsRecorder(moment_layers, every=every, n_samples=cfg["moment_samples"], seed=run.seed),
     ]
     start, start_cpu = time.perf_counter(), time.process_time()
-    out = train.train(model, loss_fn, train.FullBatch(X, Y), SGD(model, lr), cfg["steps"], callbacks=callbacks,
+    out = train.train(model, loss_fn, train.FullBatch(X, Y), SGD(model, run.lr), cfg["steps"], callbacks=callbacks,
                       log_every=cfg["log_every"], checkpoint=os.path.join(folder, "checkpoint.npz"),
-                      checkpoint_every=cfg["checkpoint_every"], resume=spec["resume"],
-                      progress={"desc": name, "position": _worker_slot(), "leave": False})
+                      checkpoint_every=cfg["checkpoint_every"], resume=task["resume"],
+                      progress={"desc": task["name"], "position": _worker_slot(), "leave": False})
     top = None
     if out["diverged_at"] is None:
         top = hessian.top_eigenvalue(model, loss_fn, X, Y, method="power", iterations=cfg["hessian_iterations"],
-                                     seed=spec["seed"])["eigenvalue"]
+                                     seed=run.seed)["eigenvalue"]
     result = {
-        "variant": spec["variant"], "lr": lr, "seed": spec["seed"],
+        "variant": run.variant, "lr": run.lr, "seed": run.seed,
         "steps": out["steps"], "loss": out["loss"], "diverged_at": out["diverged_at"],
         "ics": out["callbacks"]["ics"], "landscape": out["callbacks"]["landscape"],
         "moments": {"steps": out["callbacks"]["moments"]["steps"],  # keyed by block number, as the paper's figures
                     "blocks": {str(b): out["callbacks"]["moments"]["layers"][str(i)]
                                for b, i in zip(cfg["moment_layers"], moment_layers)}},
-        "hessian_top": top, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
+        "hessian_top": top, "target_singular_values": target,
+        "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu,
     }
     io.write_json(done, result)
     return result
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m minibn.studies.dln",
-        description="The paper's deep linear network experiments (ICS, landscape, Lp variants) on the embedded "
-                    "synthetic data: 25 linear 10x10 layers, 1000 samples, summed squared error, full-batch GD.")
-    common.add_options(p, "runs/dln-<preset>")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                   help="paper: docs/protocol.md's full scale (8 runs x 10,000 steps); smoke: the same pipeline, tiny [paper]")
-    p.add_argument("--seed", type=int, default=0, help="first seed: data, target A, initial weights and noise [0]")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
-    p.add_argument("--variants", nargs="+", default=None, metavar="V",
-                   help=f"only these variants, of {', '.join(normalization.REGISTRY)} "
-                        f"[the preset's: {', '.join(DEFAULT_VARIANTS)}]")
-    p.add_argument("--lr", nargs="+", type=float, default=None, metavar="LR",
-                   help="run every chosen variant at each of these learning rates [the preset's pairs]")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
-    p.add_argument("--no-report", action="store_true",
-                   help="write results.json and results.npz but no figures or report.md (build them later with "
-                        "python -m minibn.studies.dln_report DIR)")
-    args = p.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+#: Raw probe values per measurement point and eta', too big for results.json: results.npz holds them.
+RAW_PROBES = ("loss", "grad_diff", "beta")
 
 
-def validate(args):
-    """Every option checked before any work starts."""
-    args.lr = common.unique(args.lr)
-    args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
-    args.variants = common.check_variants(args.variants, args.jobs, args.executor)
-    if args.lr is not None:
-        bad = [lr for lr in args.lr if not (math.isfinite(lr) and lr > 0)]
-        if bad:
-            raise ValueError(f"--lr must be positive and finite, got {bad}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    common.check_seed(args.seed)
-    common.check_backend(args.backend)
-    common.check_executor(args.executor, args.scheduler, args.backend)
-    args.out = args.out or os.path.join("runs", f"dln-{args.preset}")
-    common.check_writable_dir(args.out)
+def split_run(name, run):
+    """``(run for results.json, arrays for results.npz)``: the raw per-eta' probe values (``NAME/loss``,
+    ...) and the activation samples of each moment block (``NAME/moments/BLOCK/samples``) move to
+    (points, ...) arrays."""
+    arrays = {}
+    ls = dict(run.get("landscape") or {})
+    grid = len(ls.get("eta", []))
+    for key in RAW_PROBES:
+        if key in ls:
+            arrays[f"{name}/{key}"] = results.floats([v for row in ls.pop(key) for v in row]).reshape(-1, grid)
+    mom = run.get("moments") or {}
+    blocks = {}
+    for block, rec in (mom.get("blocks") or {}).items():
+        rec = dict(rec)
+        if "samples" in rec:
+            arrays[f"{name}/moments/{block}/samples"] = results.stack_ragged(rec.pop("samples")).reshape(
+                len(mom["steps"]), -1)
+        blocks[block] = rec
+    return {**run, "landscape": ls, "moments": {**mom, "blocks": blocks}}, arrays
 
 
-def build_config(args):
-    cfg = {k: v for k, v in PRESETS[args.preset].items()}
-    if args.steps is not None:
-        cfg["steps"] = args.steps
-    runs = cfg["runs"]
-    if args.lr is not None:
-        variants = args.variants or list(dict.fromkeys(v for v, _ in runs))
-        runs = [[v, lr] for v in variants for lr in args.lr]
-    elif args.variants:
-        runs = [r for r in runs if r[0] in args.variants]
-        runs += [[v, runs[0][1] if runs else cfg["runs"][0][1]] for v in args.variants if v not in {r[0] for r in runs}]
-    cfg["runs"] = runs
-    cfg["seeds"] = list(range(args.seed, args.seed + args.seeds))
-    cfg["backend"] = args.backend
+OPTIONS = (
+    *common.shared_options("runs/dln-<preset>"),
+    common.Option("preset", "paper", "paper: docs/protocol.md's full scale (8 runs x 10,000 steps); smoke: the same "
+                                     "pipeline, tiny", choices=sorted(PRESETS)),
+    common.Option("variants", None, f"only these variants, of every registered normalizer "
+                                    f"[the preset's: {', '.join(DEFAULT_VARIANTS)}]", nargs="+", metavar="V"),
+    common.Option("lr", None, "run every chosen variant at each of these learning rates [the preset's pairs]",
+                  type=float, nargs="+", metavar="LR"),
+    common.Option("steps", None, "training steps per run [the preset's]", type=int),
+)
+DEFAULT_OUT = os.path.join("runs", "dln-{preset}")
+
+
+def check(opts):
+    """The DLN study's own options checked (:func:`minibn.studies.common.checked` does the rest)."""
+    if opts["preset"] not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {opts['preset']!r}")
+    if opts["lr"] is not None:
+        opts["lr"] = common.unique(common.check_lr("lr", lr) for lr in opts["lr"])
+    common.check_positive("steps", opts["steps"])
+    opts["variants"] = common.check_variants(opts["variants"], opts["jobs"], opts["executor"])
+    return opts
+
+
+def build_config(opts):
+    """The study's config: the preset's settings, its runs ``[[variant, lr], ...]`` as the options
+    choose them, the seeds and the backend."""
+    cfg = dict(PRESETS[opts["preset"]])
+    if opts["steps"] is not None:
+        cfg["steps"] = opts["steps"]
+    runs, variants = cfg["runs"], opts["variants"]
+    if opts["lr"] is not None:
+        runs = [[v, lr] for v in variants or dict.fromkeys(v for v, _ in runs) for lr in opts["lr"]]
+    elif variants:
+        kept = [r for r in runs if r[0] in variants]
+        lr = kept[0][1] if kept else runs[0][1]
+        runs = kept + [[v, lr] for v in variants if v not in {r[0] for r in kept}]
+    cfg.update(runs=runs, seeds=list(range(opts["seed"], opts["seed"] + opts["seeds"])), backend=opts["backend"],
+               default_variants=list(DEFAULT_VARIANTS))
     return cfg
 
 
-def run(out=None, *, preset="paper", variants=None, lr=None, steps=None, seed=0, seeds=1, backend="numpy",
-        resume=False, jobs=1, executor="local", scheduler=None, report=True, command=None):
-    """Run the study (the command line's options as arguments) and return what results.json holds.
-
-    A bad option raises ValueError before any work starts. Writes into ``out`` as the command
-    line does (``report=False``: results only, as ``--no-report``; ``executor="dask"`` with
-    ``jobs=None``: a local cluster sized to the machine)."""
-    args = argparse.Namespace(out=out, preset=preset, variants=variants, lr=lr, steps=steps, seed=seed, seeds=seeds,
-                              backend=backend, resume=resume, jobs=jobs, executor=executor, scheduler=scheduler,
-                              no_report=not report)
-    validate(args)
-    return run_validated(args, command or f"minibn.studies.dln.run(out={args.out!r}, preset={preset!r}, ...)")
-
-
-def run_validated(args, command):
-    cfg = build_config(args)
-    # Runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
-    # every other setting must match the runs already in the folder.
-    common.record_config(args.out, cfg, args.resume, may_change=("seeds",))
-    specs = [{"name": run_name(v, lr, s), "variant": v, "lr": lr, "seed": s, "config": cfg, "out": args.out,
-              "resume": args.resume, "module": normalization.get(v).module}
-             for s in cfg["seeds"] for v, lr in cfg["runs"]]
-    print(f"dln study, preset {args.preset}: {len(specs)} runs of {cfg['steps']} steps on {args.backend}, "
-          f"{common.describe_executor(args.executor, args.jobs, args.scheduler)} -> {args.out}", flush=True)
-    started = time.perf_counter()
-    results = run_all(specs, args.jobs, args.executor, args.scheduler)
-    common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
-    total = time.perf_counter() - started
+def execute(opts, command):
+    """Train the runs of the options' config and write the results, then (``report``) the report."""
     from minibn.studies import dln_report
 
-    doc = {"study": "dln", "preset": args.preset,
-           "config": {**cfg, "environment": common.environment(cfg["backend"]), "command": command, "wall_s": total},
-           "runs": results}
-    slim = dln_report.write_all(args.out, doc, figures=not args.no_report)
-    print(f"done in {total:.1f} s: {os.path.join(args.out, 'results.json' if args.no_report else 'report.md')}")
-    return slim
+    cfg = build_config(opts)
+    tasks = [common.task(opts, cfg, Run(v, lr, s).name, run=Run(v, lr, s), module=normalization.get(v).module)
+             for s in cfg["seeds"] for v, lr in cfg["runs"]]
+    parallel = opts["executor"] == "dask" or (opts["jobs"] or 2) > 1
+
+    def order(tasks):
+        if not parallel or len(tasks) < 2:
+            return tasks
+        return schedule(tasks, step_seconds(cfg, dict.fromkeys(t["run"].variant for t in tasks)))
+
+    # runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
+    # every other setting must match the runs already in the folder
+    runs, wall = common.train_runs(f"dln study, preset {opts['preset']} ({cfg['steps']} steps)", opts, cfg, tasks,
+                                   run_one, command, may_change=("seeds", "default_variants"), order=order)
+    doc = common.document("dln", opts, cfg, runs, command, wall)
+    return common.write_results(opts, doc, split_run, dln_report)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    command = "python -m minibn.studies.dln " + " ".join(argv)
-    return common.main_guard(lambda: run_validated(args, command), args.out, command)
+run, main = common.entry_points(__name__, OPTIONS)
 
 
 def step_seconds(cfg, variants, steps=5):
@@ -259,29 +246,11 @@ def step_seconds(cfg, variants, steps=5):
     return seconds
 
 
-def schedule(specs, seconds):
+def schedule(tasks, seconds):
     """The runs in the order they start: seed by seed, so an interrupted study leaves whole seeds;
     within a seed the costliest first (``seconds`` per step of each variant, as
     :func:`step_seconds` gives), so that no worker is left alone with a long run at the end."""
-    return sorted(specs, key=lambda s: (s["seed"], -seconds[s["variant"]]))
-
-
-def run_all(specs, jobs, executor="local", scheduler=None):
-    """Runs in ``jobs`` worker processes (spawned with one BLAS thread each), or as Dask tasks
-    (:func:`minibn.studies.common.run_tasks`), in the order of :func:`schedule`."""
-    from tqdm.auto import tqdm
-
-    order = specs
-    if len(specs) > 1 and (jobs is None or jobs > 1 or executor == "dask"):
-        order = schedule(specs, step_seconds(specs[0]["config"], dict.fromkeys(s["variant"] for s in specs)))
-    results = {}
-    bar = tqdm(total=len(order), desc="runs", disable=None)
-    backend_name = specs[0]["config"]["backend"] if specs else "numpy"
-    for spec, result in common.run_tasks(run_one, order, executor, jobs, scheduler, backend_name):
-        results[spec["name"]] = result
-        bar.update()
-    bar.close()
-    return {spec["name"]: results[spec["name"]] for spec in specs}
+    return sorted(tasks, key=lambda t: (t["run"].seed, -seconds[t["run"].variant]))
 
 
 if __name__ == "__main__":

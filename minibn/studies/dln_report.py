@@ -3,10 +3,10 @@
     python -m minibn.studies.dln_report DIR      # rebuild DIR's figures and report from DIR/results.json
 
 The report opens with the verdict on each claim of docs/protocol.md §4a that the DLN tests,
-judged by the rules of :mod:`minibn.claims` (written there, with their thresholds and
+judged by the rules of :mod:`minibn.claims.dln` (written there, with their thresholds and
 windows, before any result was seen) and written to DIR/claims.json; it then measures the
 loss scale (the residual of the best rank-k fit of the target for every k, and the plateau
-each run ends on).
+each run ends on). Everything here reads the results (:mod:`minibn.results`); nothing measures.
 """
 
 import math
@@ -14,37 +14,14 @@ import os
 import sys
 import warnings
 
-from minibn import backend, claims, io, report
+from minibn import backend, io, report, results
+from minibn.claims import dln as rules
+from minibn.claims import verdicts
 from minibn.nn import normalization
-from minibn.studies import common
+from minibn.results import added_normalizers, final_loss, finite_median, floats, lrs_of, name_of, rank_residuals, window
 
 np = backend.host
 ICS_LAYERS = (9, 17)
-
-
-def _final_loss(run):
-    losses = report.floats(run["loss"])
-    return float(losses[-1]) if losses.size else math.nan
-
-
-def runs_by(doc):
-    """{(variant, lr): [runs over seeds]} in the order of the config's run list."""
-    out = {}
-    for run in doc["runs"].values():
-        out.setdefault((run["variant"], float(run["lr"])), []).append(run)
-    return out
-
-
-def added_normalizers(doc):
-    """The variants of ``doc`` beyond the paper's (``--variants layernorm ...``), in the registry's order."""
-    from minibn.studies.dln import DEFAULT_VARIANTS
-
-    present = {run["variant"] for run in doc["runs"].values()}
-    return [v for v in normalization.REGISTRY if v in present and v not in DEFAULT_VARIANTS]
-
-
-def lrs_of(doc):
-    return sorted({float(r["lr"]) for r in doc["runs"].values()}, reverse=True)
 
 
 # --- per-run summaries --------------------------------------------------------------
@@ -52,15 +29,15 @@ def ics_summary(run, layers=None):
     """Per block (1-based): median over points after step 0 of l2 and cos; plus the fraction of cos < 0."""
     ics = run.get("ics") or {}
     steps = ics.get("steps", [])
-    idx = report.window(steps)
+    idx = window(steps)
     out = {}
     for j, layer in enumerate(ics.get("layers", [])):
         if layers is not None and layer not in layers:
             continue
         l2 = [ics["l2"][i][j] for i in idx]
         cos = [ics["cos"][i][j] for i in idx]
-        c = report.floats(cos)
-        out[layer] = {"l2": report.finite_median(l2), "cos": report.finite_median(cos),
+        c = floats(cos)
+        out[layer] = {"l2": finite_median(l2), "cos": finite_median(cos),
                       "neg_cos_frac": float(np.mean(c[np.isfinite(c)] < 0)) if np.isfinite(c).any() else math.nan}
     return out
 
@@ -68,47 +45,49 @@ def ics_summary(run, layers=None):
 def landscape_summary(run, window="early"):
     ls = run.get("landscape") or {}
     steps = ls.get("steps", [])
-    idx = report.window(steps, early=(window == "early"))
-    lo, hi = report.floats(ls.get("loss_min", [])), report.floats(ls.get("loss_max", []))
+    idx = window(steps, early=(window == "early"))
+    lo, hi = floats(ls.get("loss_min", [])), floats(ls.get("loss_max", []))
     with np.errstate(all="ignore"):
         variation = np.log10(hi / lo)
     pick = lambda a: [a[i] for i in idx]  # noqa: E731
-    return {"loss_variation": report.finite_median(pick(variation)),
-            "gradpred": report.finite_median(pick(report.floats(ls.get("gradpred_max", [])))),
-            "beta_eff": report.finite_median(pick(report.floats(ls.get("beta_eff", [])))),
+    return {"loss_variation": finite_median(pick(variation)),
+            "gradpred": finite_median(pick(floats(ls.get("gradpred_max", [])))),
+            "beta_eff": finite_median(pick(floats(ls.get("beta_eff", [])))),
             "nonfinite": int(sum(ls.get("nonfinite", []) or [0]))}
 
 
 # --- claims: minibn.claims judges them; the loss scale's measured explanation -----------------
 def loss_scale_lines(doc):
     """Markdown: the residual of the best rank-k linear fit of each seed's target for every k
-    (:func:`minibn.claims.rank_residuals`), the plateau each run ends on, and the paper's values."""
-    cfg, seeds = doc["config"], claims.seeds_of(doc)
-    residuals = {seed: claims.rank_residuals(cfg, seed) for seed in seeds}
+    (:func:`minibn.results.rank_residuals`), the plateau each run ends on, and the paper's values."""
+    residuals = {}
+    for run in doc["runs"].values():
+        residuals.setdefault(run["seed"], rank_residuals(run["target_singular_values"]))
+    seeds = sorted(residuals)
     ranks = range(len(next(iter(residuals.values()))))
     lines = ["## The loss scale, measured", "",
              "The summed loss of a linear network can go no lower than the best linear fit of the target, and a "
              "network that has learned only k of the target's modes no lower than the best rank-k fit. For each "
-             "seed's data (regenerated from the seed as the study draws it), r_k is the residual of the best "
+             "seed's data (the singular values each run recorded of its target), r_k is the residual of the best "
              "rank-k fit of Y = X A^T: the sum of the squared singular values of Y beyond the k-th.", "",
              report.table(["seed"] + [f"r_{k}" for k in ranks], [[s] + [report.fmt(r) for r in residuals[s]]
                                                                  for s in seeds]), "",
              "Each run's final loss, the rank k whose residual is nearest it (log scale) and their ratio; the "
              "paper's value where it plots one (fig. 3, 5b):", ""]
     rows = []
-    for (variant, lr), runs in runs_by(doc).items():
+    for (variant, lr), runs in results.groups(doc).items():
         plateaus_of = []
         for run in runs:
             if run["diverged_at"] is not None:
                 plateaus_of.append(f"seed {run['seed']}: diverged")
                 continue
-            k, to_rk = claims.plateau(_final_loss(run), residuals[run["seed"]])
+            k, to_rk = rules.plateau(final_loss(run), residuals[run["seed"]])
             plateaus_of.append(f"seed {run['seed']}: k = {k} ({report.fmt(to_rk, 4)})")
-        finals = [_final_loss(r) for r in runs if r["diverged_at"] is None]
-        starts = [report.floats(r["loss"])[0] for r in runs]
-        paper = claims.DLN_PAPER_FINAL.get((variant, lr))
-        rows.append([variant, f"{lr:g}", _median_range(starts), f"{claims.DLN_PAPER_INITIAL[0]:g}-"
-                     f"{claims.DLN_PAPER_INITIAL[1]:g}", _median_range(finals), report.fmt(paper),
+        finals = [final_loss(r) for r in runs if r["diverged_at"] is None]
+        starts = [floats(r["loss"])[0] for r in runs]
+        paper = rules.PAPER_FINAL.get((variant, lr))
+        rows.append([variant, f"{lr:g}", _median_range(starts), f"{rules.PAPER_INITIAL[0]:g}-"
+                     f"{rules.PAPER_INITIAL[1]:g}", _median_range(finals), report.fmt(paper),
                      "; ".join(plateaus_of)])
     lines += [report.table(["variant", "LR", "initial loss (median, range)", "paper initial",
                              "final loss (median, range)", "paper final", "plateau: rank k (final / r_k)"], rows), ""]
@@ -116,7 +95,7 @@ def loss_scale_lines(doc):
 
 
 def _median_range(values):
-    a = report.floats(values)
+    a = floats(values)
     a = a[np.isfinite(a)]
     if not a.size:
         return "-"
@@ -125,13 +104,13 @@ def _median_range(values):
 
 def plateaus(doc, rel=0.01):
     """Per (LR, seed): whether batchnorm, l1, l2 and linf end within ``rel`` of one final loss."""
-    groups = runs_by(doc)
+    groups = results.groups(doc)
     out = []
     for lr in lrs_of(doc):
         by_seed = {}
         for variant in ("batchnorm", "l1", "l2", "linf"):
             for run in groups.get((variant, lr), []):
-                by_seed.setdefault(run["seed"], {})[variant] = _final_loss(run)
+                by_seed.setdefault(run["seed"], {})[variant] = final_loss(run)
         for seed, finals in sorted(by_seed.items()):
             if len(finals) > 1:
                 lo, hi = min(finals.values()), max(finals.values())
@@ -141,7 +120,7 @@ def plateaus(doc, rel=0.01):
 
 # --- figures ---------------------------------------------------------------------------
 def fig_training_loss(doc, path):
-    groups, lrs = runs_by(doc), lrs_of(doc)
+    groups, lrs = results.groups(doc), lrs_of(doc)
     fig, axes = report.new_figure(1, len(lrs))
     for ax, lr in zip(axes[0], lrs):
         for (variant, run_lr), runs in groups.items():
@@ -161,7 +140,7 @@ def fig_training_loss(doc, path):
 
 
 def fig_ics(doc, path):
-    groups, lrs = runs_by(doc), lrs_of(doc)
+    groups, lrs = results.groups(doc), lrs_of(doc)
     any_run = next(iter(doc["runs"].values()))
     layers = [k for k in ICS_LAYERS if k in any_run["ics"]["layers"]] or any_run["ics"]["layers"][-2:]
     fig, axes = report.new_figure(len(layers), 2 * len(lrs))
@@ -183,7 +162,7 @@ def fig_ics(doc, path):
 
 
 def fig_landscape(doc, path, variants, lrs=None):
-    groups = runs_by(doc)
+    groups = results.groups(doc)
     lrs = lrs or lrs_of(doc)
     fig, axes = report.new_figure(len(lrs), 3)
     for r, lr in enumerate(lrs):
@@ -207,14 +186,14 @@ def fig_landscape(doc, path, variants, lrs=None):
 
 
 def fig_gradpred_vs_eta(doc, arrays, path):
-    groups, lr = runs_by(doc), lrs_of(doc)[0]
+    groups, lr = results.groups(doc), lrs_of(doc)[0]
     variants = [v for v in ("standard", "batchnorm", *added_normalizers(doc)) if (v, lr) in groups]
     fig, axes = report.new_figure(1, max(1, len(variants)))
     import matplotlib.cm as cm
 
     for ax, variant in zip(axes[0], variants):
         run = groups[(variant, lr)][0]
-        name = next(n for n, r in doc["runs"].items() if r is run)
+        name = name_of(doc, run)
         diffs = arrays.get(f"{name}/grad_diff")
         ls = run["landscape"]
         if diffs is None:
@@ -230,13 +209,13 @@ def fig_gradpred_vs_eta(doc, arrays, path):
 
 
 def fig_activations(doc, arrays, path):
-    groups, lr = runs_by(doc), lrs_of(doc)[0]
+    groups, lr = results.groups(doc), lrs_of(doc)[0]
     variants = [v for v in normalization.REGISTRY if (v, lr) in groups]
     blocks = list(groups[(variants[0], lr)][0]["moments"]["blocks"])
     fig, axes = report.new_figure(len(variants), len(blocks), width=2.6, height=2.6)
     for r, variant in enumerate(variants):
         run = groups[(variant, lr)][0]
-        name = next(n for n, x in doc["runs"].items() if x is run)
+        name = name_of(doc, run)
         for c, block in enumerate(blocks):
             ax = axes[r][c]
             report.ridge(ax, list(arrays[f"{name}/moments/{block}/samples"]), run["moments"]["steps"],
@@ -246,48 +225,11 @@ def fig_activations(doc, arrays, path):
 
 
 # --- assembly -------------------------------------------------------------------------------
-RAW_PROBES = ("loss", "grad_diff", "beta")  # per measurement point and eta': too big for results.json
-
-
-def split_arrays(doc):
-    """Move what is too big for results.json into (points, ...) arrays for results.npz: the raw
-    per-eta' probe values (``NAME/loss``, ...) and the activation samples of each moment block
-    (``NAME/moments/BLOCK/samples``). Returns ``(slim_doc, arrays)``."""
-    arrays, runs = {}, {}
-    for name, run in doc["runs"].items():
-        ls = dict(run.get("landscape") or {})
-        grid = len(ls.get("eta", []))
-        for key in RAW_PROBES:
-            if key in ls:
-                arrays[f"{name}/{key}"] = report.floats([v for row in ls.pop(key) for v in row]).reshape(-1, grid)
-        mom = run.get("moments") or {}
-        blocks = {}
-        for block, rec in (mom.get("blocks") or {}).items():
-            rec = dict(rec)
-            if "samples" in rec:
-                arrays[f"{name}/moments/{block}/samples"] = backend.host.array(
-                    [report.floats(row) for row in rec.pop("samples")]).reshape(len(mom["steps"]), -1)
-            blocks[block] = rec
-        runs[name] = {**run, "landscape": ls, "moments": {**mom, "blocks": blocks}}
-    return {**doc, "runs": runs}, arrays
-
-
-def write_all(out, doc, figures=True):
-    """results.json (+ results.npz), then (unless ``figures`` is false) the figures and report.md;
-    returns what results.json holds."""
-    slim, arrays = split_arrays(doc)
-    io.write_json(os.path.join(out, "results.json"), slim)
-    if arrays:
-        io.write_npz(os.path.join(out, "results.npz"), **arrays)
-    if figures:
-        write_figures_and_report(out, slim, arrays)
-    return slim
-
-
-def write_figures_and_report(out, doc, arrays):
-    """The figures and report.md. The two figures drawn from results.npz (gradient predictiveness
-    against eta', activation ridges) are left as they are when ``arrays`` is empty: a folder can
-    keep its figures without its (large) results.npz, as studies/dln does."""
+def write(out, doc, arrays):
+    """The figures, claims.json (and carry_over.json) and report.md of the results ``doc`` and
+    ``arrays``. The two figures drawn from results.npz (gradient predictiveness against eta',
+    activation ridges) are left as they are when ``arrays`` is empty: a folder can keep its figures
+    without its (large) results.npz, as studies/dln does."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty bands and all-NaN medians of diverged runs are expected
         fig_training_loss(doc, os.path.join(out, "fig3_training_loss.png"))
@@ -298,17 +240,19 @@ def write_figures_and_report(out, doc, arrays):
         if arrays:
             fig_gradpred_vs_eta(doc, arrays, os.path.join(out, "fig11_gradpred_vs_eta.png"))
             fig_activations(doc, arrays, os.path.join(out, "fig13_activations.png"))
-    records, carried = claims.dln_claims(doc), carried_over(doc)
-    claims.write(out, records)
+        else:
+            print(f"{out} has no results.npz: fig11_gradpred_vs_eta.png and fig13_activations.png are left as they are")
+    records, carried = rules.judge(doc), carried_over(doc)
+    verdicts.write(out, records)
     if carried:
         io.write_json(os.path.join(out, "carry_over.json"), carried)
-    common.write_report(out, report_markdown(doc, records, carried))
+    report.write_markdown(out, report_markdown(doc, records, carried))
 
 
 def carried_over(doc):
     """``{variant: records}``: the claims about BN judged with each added normalizer in BN's place
-    (:func:`minibn.claims.carry_over`)."""
-    return {v: claims.carry_over(claims.dln_claims, doc, v) for v in added_normalizers(doc)}
+    (:func:`minibn.claims.verdicts.carry_over`)."""
+    return {v: verdicts.carry_over(rules.judge, doc, v) for v in added_normalizers(doc)}
 
 
 def carry_over_lines(records, carried):
@@ -319,13 +263,13 @@ def carry_over_lines(records, carried):
         f"Which of the paper's conclusions about BN carry over to {', '.join(report.label(v) for v in carried)}: "
         "each claim that compares BN with the standard network, judged by its own rule on the same quantities "
         "with the normalizer's runs standing where BN's stand, at the LRs where both it and the standard net ran "
-        "(`minibn.claims.carry_over`; per seed in `carry_over.json`). BN's row repeats its verdict above. "
+        "(`minibn.claims.verdicts.carry_over`; per seed in `carry_over.json`). BN's row repeats its verdict above. "
         "\"not measured\": the study has no run the rule needs.", "",
-        claims.carry_over_table(records, carried, "dln"), ""]
+        verdicts.carry_over_table(records, carried, "dln"), ""]
 
 
 def report_markdown(doc, records=None, carried=None):
-    records = claims.dln_claims(doc) if records is None else records
+    records = rules.judge(doc) if records is None else records
     carried = carried_over(doc) if carried is None else carried
     same = plateaus(doc)
     plateau_lines = []
@@ -336,10 +280,10 @@ def report_markdown(doc, records=None, carried=None):
                          "10x10 matrices learns only a few of A's modes in 10,000 steps).", ""]
     cfg = doc["config"]
     env = cfg.get("environment", {})
-    groups = runs_by(doc)
+    groups = results.groups(doc)
     rows = []
     for name, run in doc["runs"].items():
-        final = "diverged" if run["diverged_at"] is not None else report.fmt(_final_loss(run))
+        final = "diverged" if run["diverged_at"] is not None else report.fmt(final_loss(run))
         rows.append([name, run["variant"], f"{run['lr']:g}", run["seed"], final,
                      run["diverged_at"] if run["diverged_at"] is not None else "-",
                      report.fmt(run.get("hessian_top")),
@@ -349,13 +293,13 @@ def report_markdown(doc, records=None, carried=None):
     for (variant, lr), runs in groups.items():
         deep = [k for k in runs[0]["ics"]["layers"] if k >= 0.6 * max(runs[0]["ics"]["layers"])]
         fracs = [v["neg_cos_frac"] for r in runs for v in ics_summary(r, deep).values()]
-        eos.append([variant, f"{lr:g}", report.fmt(report.finite_median(fracs), 2)])
+        eos.append([variant, f"{lr:g}", report.fmt(finite_median(fracs), 2)])
     lines = [
         f"# DLN study ({doc['preset']} preset)", "",
         "## The paper's claims: verdicts", "",
-        "Each claim of docs/protocol.md §4a judged per seed by a rule of `minibn/claims.py` (fixed before the "
+        "Each claim of docs/protocol.md §4a judged per seed by a rule of `minibn/claims/dln.py` (fixed before the "
         "runs were seen; each rule is stated under \"Claims beside measurements\"); also in `claims.json`.", "",
-        claims.summary_table(records), "",
+        verdicts.summary_table(records), "",
         "The paper's deep linear network experiments (docs/protocol.md §1; E3, E4, E5 of §4): "
         f"{cfg['depth']} linear layers of width {cfg['width']}, {cfg['samples']} samples, summed squared error, "
         f"full-batch gradient descent for {cfg['steps']} steps, normalization after the first {cfg['norm_layers']} "
@@ -375,7 +319,7 @@ def report_markdown(doc, records=None, carried=None):
         *loss_scale_lines(doc),
         *plateau_lines,
         "## Claims beside measurements", "",
-        *claims.rules_text(records), "",
+        *verdicts.rules_text(records), "",
         "### Edge of stability and deep-layer ICS", "",
         "Fraction of measurement points (after step 0) at which cos(G, G') < 0, median over the deepest 40% of "
         "blocks and over seeds:", "",
@@ -396,12 +340,7 @@ def report_markdown(doc, records=None, carried=None):
 
 def main(argv=None):
     """``python -m minibn.studies.dln_report DIR``: rebuild DIR's figures and report.md from its results."""
-    out, doc, arrays = common.report_input("minibn.studies.dln_report", argv)
-    if not arrays:
-        print(f"{out} has no results.npz: fig11_gradpred_vs_eta.png and fig13_activations.png are left as they are")
-    write_figures_and_report(out, doc, arrays)
-    print(os.path.join(out, "report.md"))
-    return 0
+    return report.main("minibn.studies.dln_report", write, argv)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,16 @@ Writes DIR/runs/NAME/result.json per run, then DIR/results.json, the figures, cl
 report.md (:mod:`minibn.studies.sharpness_report`). From Python, :func:`run` does the same.
 """
 
-import argparse
 import os
 import sys
 import time
 
 from minibn import backend, io, models, nn, train
-from minibn.data import cifar10
 from minibn.data.synthetic import linear_regression
 from minibn.measure import depth, effective_lr, hessian, landscape, slq
 from minibn.nn import normalization
 from minibn.optim import SGD
+from minibn.results import Run
 from minibn.studies import common, dln, vgg
 
 PARTS = ("dln", "width", "vgg", "depth")
@@ -116,10 +115,7 @@ def run_dln(spec):
     folder = os.path.join(spec["out"], "runs", spec["name"])
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(spec["config"]["backend"])
-    rng = backend.rng(seed)
-    X, Y, _ = linear_regression(setting["samples"], setting["width"], setting["width"], rng=rng)
-    model = models.dln(setting["depth"], setting["width"], norm=None if variant == "standard" else variant,
-                       norm_layers=setting["norm_layers"], rng=rng, dtype="float64")
+    X, Y, model = dln.data_and_model(setting, variant, seed)
     model.to(spec["config"]["backend"])
     X, Y = backend.to_device(X, xp), backend.to_device(Y, xp)
     with_slq = variant in SLQ_VARIANTS
@@ -151,8 +147,9 @@ def run_width(spec):
     part = spec["config"]["width"]
     cfg = {**dln_setting(part), "width": spec["width"], "backend": spec["config"]["backend"]}
     # the DLN study's own run folder (checkpoint, full result.json) under DIR/width/runs/NAME
-    inner = {"config": cfg, "name": spec["name"], "out": os.path.join(spec["out"], "width"), "seed": spec["seed"], "variant": spec["variant"],
-             "lr": spec["lr"], "resume": spec["resume"], "module": normalization.get(spec["variant"]).module}
+    inner = {"config": cfg, "name": spec["name"], "out": os.path.join(spec["out"], "width"),
+             "run": Run(spec["variant"], spec["lr"], spec["seed"]), "resume": spec["resume"],
+             "module": normalization.get(spec["variant"]).module}
     result = dln.run_one(inner)
     # what the DLN claims read; the raw probes and activation samples stay in the run's folder
     return {"part": "width", "width": spec["width"], "variant": result["variant"], "lr": result["lr"],
@@ -163,22 +160,6 @@ def run_width(spec):
 
 
 # --- the VGG -----------------------------------------------------------------------------------
-
-_DATA = {}
-
-
-def vgg_data(part, data_dir):
-    """CIFAR-10 for the part, loaded once per process: training set, test subset, and the fixed
-    measurement set (the first measure_size/10 training images of each class, in file order)."""
-    key = (data_dir, part["train_size"], part["test_size"], part["measure_size"])
-    if key not in _DATA:
-        d = cifar10.load(data_dir, train_size=part["train_size"], test_size=part["test_size"])
-        pick = cifar10.balanced_subset(d["train_y"], part["measure_size"])
-        d["measure_x"], d["measure_y"] = d["train_x"][pick], d["train_y"][pick]
-        _DATA.clear()
-        _DATA[key] = d
-    return _DATA[key]
-
 
 def chunks(x, target, size):
     """The measurement set as consecutive chunks of ``size`` images (the last one may be shorter)."""
@@ -191,11 +172,12 @@ def run_vgg(spec):
     folder = os.path.join(spec["out"], "runs", spec["name"])
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(spec["config"]["backend"])
-    data = vgg_data(part, spec["config"]["data_dir"])
+    # the fixed measurement set: the first measure_size/10 training images of each class, in file order
+    data = vgg.load_data(spec["config"]["data_dir"], part["train_size"], part["test_size"], part["measure_size"])
     model = models.vgg(part["config"], norm=variant, width=part["width"], rng=seed, dtype="float32")
     model.to(spec["config"]["backend"])
     dev = lambda a: backend.to_device(a, xp)  # noqa: E731
-    measure = chunks(dev(data["measure_x"]), dev(data["measure_y"]), part["chunk"])
+    measure = chunks(dev(data["subset_x"]), dev(data["subset_y"]), part["chunk"])
     initial = _initial(folder, lambda: {"slq": densities(model, vgg.loss_fn, *measure, part, seed)})
     callbacks = [
         hessian.HessianRecorder(vgg.loss_fn, part["measure_every"], which="LA", tol=part["lanczos_tol"],
@@ -214,7 +196,7 @@ def run_vgg(spec):
     return {"part": "vgg", "variant": variant, "lr": part["lr"], "seed": seed, "steps": out["steps"],
             "loss": out["loss"], "diverged_at": out["diverged_at"], "hessian": out["callbacks"]["hessian"],
             "effective_lr": out["callbacks"]["effective_lr"], "slq": {"initial": initial["slq"], "final": final},
-            "test_acc": test_acc, "measure_images": int(data["measure_x"].shape[0]), "wall_s": out["wall_s"]}
+            "test_acc": test_acc, "measure_images": int(data["subset_x"].shape[0]), "wall_s": out["wall_s"]}
 
 
 # --- depth at initialization -------------------------------------------------------------------
@@ -272,116 +254,76 @@ def run_one(spec):
 
 # --- plan, options, main -----------------------------------------------------------------------
 
-def plan(cfg, out, resume):
-    """The runs of every selected part and seed, as task specs."""
-    specs = []
-    base = {"config": cfg, "out": out, "resume": resume}
+def plan(cfg, opts):
+    """The runs of every selected part and seed, as tasks (:func:`minibn.studies.common.task`); a DLN
+    run of part P is named ``P_`` + its :class:`~minibn.results.Run` name."""
+    tasks = []
     for seed in cfg["seeds"]:
         if "dln" in cfg["parts"]:
-            specs += [{**base, "part": "dln", "name": f"dln_{v}_lr{lr:g}_seed{seed}", "variant": v, "lr": lr,
-                       "seed": seed} for v, lr in cfg["dln"]["runs"]]
+            tasks += [common.task(opts, cfg, "dln_" + Run(v, lr, seed).name, part="dln", variant=v, lr=lr, seed=seed)
+                      for v, lr in cfg["dln"]["runs"]]
         if "width" in cfg["parts"]:
-            specs += [{**base, "part": "width", "name": f"width{w}_{v}_lr{lr:g}_seed{seed}", "width": w, "variant": v,
-                       "lr": lr, "seed": seed} for w in cfg["width"]["widths"] for v, lr in cfg["width"]["runs"]]
+            tasks += [common.task(opts, cfg, f"width{w}_" + Run(v, lr, seed).name, part="width", width=w, variant=v,
+                                  lr=lr, seed=seed) for w in cfg["width"]["widths"] for v, lr in cfg["width"]["runs"]]
         if "vgg" in cfg["parts"]:
-            specs += [{**base, "part": "vgg", "name": f"vgg_{v}_seed{seed}", "variant": v, "seed": seed}
+            tasks += [common.task(opts, cfg, f"vgg_{v}_seed{seed}", part="vgg", variant=v, seed=seed)
                       for v in SLQ_VARIANTS]
         if "depth" in cfg["parts"]:
-            specs.append({**base, "part": "depth", "name": f"depth_seed{seed}", "seed": seed})
-    return specs
+            tasks.append(common.task(opts, cfg, f"depth_seed{seed}", part="depth", seed=seed))
+    return tasks
 
 
 #: rough cost of a run relative to the others, so the longest start first
 COST = {"vgg": 3, "width": 2, "dln": 1, "depth": 0}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minibn.studies.sharpness",
-                                description="Edge of stability, effective learning rate, Hessian densities, depth at "
-                                            "initialization and the DLN's width, measured on the paper's networks.")
-    common.add_options(p, "runs/sharpness-<preset>")
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="cpu: an hour on 2 cores; paper: the DLN at the paper's scale and VGG-16, for a GPU; "
-                        "smoke: the pipeline in seconds [cpu]")
-    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="the parts to run [all]")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder for the vgg part [$MINIBN_DATA/cifar10 or the cache]")
-    p.add_argument("--seed", type=int, default=0, help="first seed [0]")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds [1]")
-    args = p.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+OPTIONS = (
+    *common.shared_options("runs/sharpness-<preset>"),
+    common.Option("preset", "cpu", "cpu: an hour on 2 cores; paper: the DLN at the paper's scale and VGG-16, for a "
+                                   "GPU; smoke: the pipeline in seconds", choices=sorted(PRESETS)),
+    common.Option("parts", PARTS, "the parts to run [all]", nargs="+", choices=PARTS),
+    common.Option("data_dir", None, "CIFAR-10 folder for the vgg part [$MINIBN_DATA/cifar10 or the cache]",
+                  metavar="DIR"),
+)
+DEFAULT_OUT = os.path.join("runs", "sharpness-{preset}")
 
 
-def validate(args):
-    """Every option checked before any work starts."""
-    args.parts = common.unique(args.parts)
-    unknown = [part for part in args.parts if part not in PARTS]
-    if unknown or not args.parts:
-        raise ValueError(f"--parts must name some of {list(PARTS)}, got {args.parts}")
-    if args.preset not in PRESETS:
-        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    common.check_seed(args.seed)
-    args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
-    common.check_backend(args.backend)
-    common.check_executor(args.executor, args.scheduler, args.backend)
-    args.out = args.out or os.path.join("runs", f"sharpness-{args.preset}")
-    common.check_writable_dir(args.out)
+def check(opts):
+    """The sharpness study's own options checked (:func:`minibn.studies.common.checked` does the rest)."""
+    opts["parts"] = common.unique(common.as_list(opts["parts"]))
+    unknown = [part for part in opts["parts"] if part not in PARTS]
+    if unknown or not opts["parts"]:
+        raise ValueError(f"--parts must name some of {list(PARTS)}, got {opts['parts']}")
+    if opts["preset"] not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {opts['preset']!r}")
+    return opts
 
 
-def build_config(args):
-    cfg = {k: v for k, v in PRESETS[args.preset].items()}
-    cfg.update(preset=args.preset, parts=list(args.parts), seeds=list(range(args.seed, args.seed + args.seeds)),
-               backend=args.backend, data_dir=args.data_dir)
+def build_config(opts):
+    """The preset's parts, the DLN setting the width part builds on (which its claims read), the
+    chosen parts, the seeds, the backend and the data folder."""
+    cfg = {k: dict(v) for k, v in PRESETS[opts["preset"]].items()}
+    cfg["width"]["setting"] = dln_setting(cfg["width"])
+    cfg.update(preset=opts["preset"], parts=list(opts["parts"]),
+               seeds=list(range(opts["seed"], opts["seed"] + opts["seeds"])), backend=opts["backend"],
+               data_dir=opts["data_dir"])
     return cfg
 
 
-def run(out=None, *, preset="cpu", parts=PARTS, data_dir=None, seed=0, seeds=1, backend="numpy", resume=False, jobs=1,
-        executor="local", scheduler=None, report=True, command=None):
-    """Run the study (the command line's options as arguments) and return what results.json holds."""
-    args = argparse.Namespace(out=out, preset=preset, parts=list(parts), data_dir=data_dir, seed=seed, seeds=seeds,
-                              backend=backend, resume=resume, jobs=jobs, executor=executor, scheduler=scheduler,
-                              no_report=not report)
-    validate(args)
-    return run_validated(args, command or f"minibn.studies.sharpness.run(out={args.out!r}, preset={preset!r}, ...)")
-
-
-def run_validated(args, command):
-    cfg = build_config(args)
-    common.record_config(args.out, cfg, args.resume, may_change=("seeds", "parts", "data_dir"))
-    specs = plan(cfg, args.out, args.resume)
-    print(f"sharpness study, preset {args.preset}: {len(specs)} runs ({', '.join(cfg['parts'])}) on {args.backend}, "
-          f"{common.describe_executor(args.executor, args.jobs, args.scheduler)} -> {args.out}", flush=True)
-    started = time.perf_counter()
-    order = sorted(specs, key=lambda s: (s["seed"], -COST[s["part"]]))
-    results = {}
-    for spec, result in common.run_tasks(run_one, order, args.executor, args.jobs, args.scheduler, args.backend):
-        results[spec["name"]] = result
-        if not isinstance(result, common.Failure):
-            print(f"  {spec['name']}: done ({result.get('wall_s', 0):.0f} s)", flush=True)
-    common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
-    total = time.perf_counter() - started
+def execute(opts, command):
+    """Train the runs of every chosen part and write the results, figures and report."""
     from minibn.studies import sharpness_report
 
-    doc = {"study": "sharpness", "preset": args.preset,
-           "config": {**cfg, "environment": common.environment(args.backend), "command": command, "wall_s": total},
-           "runs": {spec["name"]: results[spec["name"]] for spec in specs}}
-    io.write_json(os.path.join(args.out, "results.json"), doc)
-    if not getattr(args, "no_report", False):
-        sharpness_report.write_report(args.out, doc)
-    print(f"done in {total:.1f} s: {os.path.join(args.out, 'report.md')}")
-    return io.jsonable(doc)
+    cfg = build_config(opts)
+    tasks = plan(cfg, opts)
+    runs, wall = common.train_runs(f"sharpness study, preset {opts['preset']} ({', '.join(cfg['parts'])})", opts, cfg,
+                                   tasks, run_one, command, may_change=("seeds", "parts", "data_dir"),
+                                   order=lambda tasks: sorted(tasks, key=lambda t: (t["seed"], -COST[t["part"]])))
+    doc = common.document("sharpness", opts, cfg, runs, command, wall)
+    return common.write_results(opts, doc, report=sharpness_report)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    command = "python -m minibn.studies.sharpness " + " ".join(argv)
-    return common.main_guard(lambda: run_validated(args, command), args.out, command)
+run, main = common.entry_points(__name__, OPTIONS)
 
 
 if __name__ == "__main__":

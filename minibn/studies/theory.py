@@ -34,16 +34,14 @@ with every network's training for no saving worth the code. For the same reason 
 workers or machines (docs/distributed.md).
 """
 
-import argparse
 import os
 import sys
 import time
 
-from minibn import backend, io, models, nn, theory, train
+from minibn import backend, models, nn, theory, train
 from minibn.data.synthetic import linear_regression
 from minibn.measure.theorychecks import (NUMERIC_JACOBIAN_TOLERANCE, TOLERANCE, Tally, TheoryChecks, check_bn_layer,
                                          check_scale_invariant_weight, check_weight_layer)
-from minibn.nn import weightnorm
 from minibn.optim import SGD
 from minibn.studies import common
 
@@ -172,26 +170,46 @@ def _to_backend(stream, name):
 
 # --- main -----------------------------------------------------------------------------------
 
-def run(out=None, *, backend="numpy", seed=0, instances=300, steps=300, every=100, units_per_layer=4,
-        networks=NETWORKS, log=print, command=None):
-    """Run the study (the command line's options as arguments) and return what results.json holds.
+OPTIONS = (
+    *common.shared_options("runs/theory", resume=False, runs=False),
+    common.Option("seed", 0, "random instances, networks, data and the units checked", type=int),
+    common.Option("instances", 300, "random layers checked", type=int),
+    common.Option("steps", 300, "training steps of each network", type=int),
+    common.Option("every", 100, "check the trained networks every this many steps", type=int),
+    common.Option("units", 4, "units per BN layer for the Theorem 4.2 check", type=int),
+    common.Option("networks", NETWORKS, "the trained networks to check [all]", nargs="*", choices=NETWORKS),
+)
+DEFAULT_OUT = os.path.join("runs", "theory")
 
-    A bad option raises ValueError before any work starts; ``out`` defaults to runs/theory."""
-    args = argparse.Namespace(out=out, backend=backend, seed=seed, instances=instances, steps=steps, every=every,
-                              units=units_per_layer, networks=list(networks))
-    validate(args)
-    return run_validated(args, command or f"minibn.studies.theory.run(out={args.out!r}, ...)", log)
+
+def check(opts):
+    """The theory study's own options checked (:func:`minibn.studies.common.checked` does the rest)."""
+    for option in ("instances", "steps"):
+        if isinstance(opts[option], bool) or not isinstance(opts[option], int) or opts[option] < 0:
+            raise ValueError(f"--{option} must be an integer >= 0, got {opts[option]!r}")
+    for option in ("every", "units"):
+        common.check_positive(option, opts[option], allow_none=False)
+    unknown = [n for n in opts["networks"] if n not in NETWORKS]
+    if unknown:
+        raise ValueError(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
+    opts["networks"] = common.unique(opts["networks"])
+    common.check_seed(opts["seed"])
+    return opts
 
 
-def run_validated(args, command, log=print):
-    xp = backend.get(args.backend)
+def execute(opts, command):
+    """Every check on the random instances and the trained networks; writes results.json and (unless
+    ``report`` is false) claims.json and report.md; returns what results.json holds."""
+    from minibn.studies import theory_report
+
+    xp = backend.get(opts["backend"])
     start = time.time()
     tally = Tally()
-    rng = backend.rng(args.seed)
-    log(f"theory: {args.instances} random instances")
-    random_instances(tally, args.instances, rng, xp)
-    log(f"theory: {args.instances} random instances of the other normalizers")
-    normalizer_instances(tally, args.instances, rng, xp)
+    rng = backend.rng(opts["seed"])
+    print(f"theory: {opts['instances']} random instances", flush=True)
+    random_instances(tally, opts["instances"], rng, xp)
+    print(f"theory: {opts['instances']} random instances of the other normalizers", flush=True)
+    normalizer_instances(tally, opts["instances"], rng, xp)
 
     ce = theory.lemma_4_5_counterexample(xp)
     premise_excess = (ce["at_k_w_star"][0]["bn_loss"] - ce["bn_opt_loss"]) / ce["at_k_w_star"][0]["bn_loss"]
@@ -200,29 +218,30 @@ def run_validated(args, command, log=print):
     tally.extra("thm41_printed", "counterexample", _printed_counterexample(xp))
 
     trained = {}
-    for name, (model, loss_fn, stream, lr, description) in build_networks(args.seed).items():
-        if name not in args.networks:
+    for name, (model, loss_fn, stream, lr, description) in build_networks(opts["seed"]).items():
+        if name not in opts["networks"]:
             continue
-        log(f"theory: training {name} for {args.steps} steps, checks every {args.every}")
-        model.to(args.backend)
-        stream = _to_backend(stream, args.backend)
-        cb = TheoryChecks(tally, name, loss_fn, args.every, args.units, args.seed)
-        res = train.train(model, loss_fn, stream, SGD(model, lr), args.steps + 1, callbacks=[cb], log_every=1,
+        print(f"theory: training {name} for {opts['steps']} steps, checks every {opts['every']}", flush=True)
+        model.to(opts["backend"])
+        stream = _to_backend(stream, opts["backend"])
+        cb = TheoryChecks(tally, name, loss_fn, opts["every"], opts["units"], opts["seed"])
+        res = train.train(model, loss_fn, stream, SGD(model, lr), opts["steps"] + 1, callbacks=[cb], log_every=1,
                           progress=False)
         checked = cb.result()
         trained[name] = {"description": description, "checked_steps": checked["steps"],
                          "loss_at_checked_steps": checked["loss"],
                          "bn_layers": sum(isinstance(layer, nn.BatchNorm) for layer in model),
                          "diverged_at": res["diverged_at"]}
-    from minibn.studies import theory_report
-
-    config = {"seed": args.seed, "backend": args.backend, "instances": args.instances, "steps": args.steps,
-              "every": args.every, "units_per_layer": args.units, "networks": list(args.networks),
-              "command": command, "wall_s": time.time() - start, "environment": common.environment(args.backend)}
+    config = {key: opts[key] for key in ("seed", "backend", "instances", "steps", "every", "units")}
+    config.update(networks=list(opts["networks"]), command=command, wall_s=time.time() - start,
+                  environment=common.environment(opts["backend"]))
     doc = {"study": "theory", "config": config, **tally.results(), "networks": trained}
-    io.write_json(os.path.join(args.out, "results.json"), doc)
-    theory_report.write_report(args.out, doc)
-    return io.jsonable(doc)
+    for c in doc["checks"]:
+        print(f"{c['name']:18s} holds={str(c['holds']):5s} instances={c['instances']:6d} max_rel_err={c['max_rel_err']:.3g}")
+    return common.write_results(opts, doc, report=theory_report)
+
+
+run, main = common.entry_points(__name__, OPTIONS)
 
 
 def _printed_counterexample(xp):
@@ -235,52 +254,6 @@ def _printed_counterexample(xp):
     return {"y": y[:, 0], "gamma": 1.0, "beta": 0.0, "loss": "L(z) = ||z||^2 / 2 (so g_hat = z = y_hat)",
             "m": 4, "lhs": float(r["lhs"][0]), "rhs_1_over_m": float(r["rhs"][0]),
             "rhs_printed": float(r["rhs_printed"][0])}
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minibn.studies.theory", description=__doc__.split("\n\n")[0])
-    common.add_options(p, "runs/theory", resume=False, jobs=False)
-    p.add_argument("--seed", type=int, default=0, help="random instances, networks, data and the units checked [0]")
-    p.add_argument("--instances", type=int, default=300, help="random layers checked [300]")
-    p.add_argument("--steps", type=int, default=300, help="training steps of each network [300]")
-    p.add_argument("--every", type=int, default=100, help="check the trained networks every this many steps [100]")
-    p.add_argument("--units", type=int, default=4, help="units per BN layer for the Theorem 4.2 check [4]")
-    p.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=NETWORKS,
-                   help="the trained networks to check [all]")
-    args = p.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as err:
-        p.error(str(err))
-    return args
-
-
-def validate(args):
-    """Every option checked before any work starts."""
-    for option in ("instances", "steps"):
-        if getattr(args, option) < 0:
-            raise ValueError(f"--{option} must be >= 0, got {getattr(args, option)}")
-    for option in ("every", "units"):
-        if getattr(args, option) < 1:
-            raise ValueError(f"--{option} must be a positive integer, got {getattr(args, option)}")
-    unknown = [n for n in args.networks if n not in NETWORKS]
-    if unknown:
-        raise ValueError(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
-    args.networks = common.unique(args.networks)
-    common.check_seed(args.seed)
-    common.check_backend(args.backend)
-    args.out = args.out or os.path.join("runs", "theory")
-    common.check_writable_dir(args.out)
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    doc = run_validated(args, " ".join(["python -m minibn.studies.theory", *argv]))
-    for c in doc["checks"]:
-        print(f"{c['name']:18s} holds={str(c['holds']):5s} instances={c['instances']:6d} max_rel_err={c['max_rel_err']:.3g}")
-    print(f"wrote {os.path.join(args.out, 'results.json')} and report.md ({doc['config']['wall_s']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ Reads the results of :mod:`minibn.studies.theory` (statements, tallies, the hand
 counterexamples and the trained networks' record); nothing here measures.
 """
 
-import os
 import sys
 
-from minibn import claims, report
+from minibn import report
+from minibn.claims import theory as rules
+from minibn.claims import verdicts
 from minibn.measure import theorychecks
-from minibn.studies import common
 
 SOURCES = ("random", "dln", "mlp", "vgg")
 MEASURED = {
@@ -40,7 +40,6 @@ MEASURED = {
                        "||g_j||^2 | / (||W_j|| + lr b_j)^2, b_j the bound on ||g_j|| above, lr the network's (random layers: 1, 0.1, 0.01, "
                        "0.001 in turn)"),
 }
-SOURCES = ("random", "dln", "mlp", "vgg")
 
 
 def render_report(doc):
@@ -61,9 +60,9 @@ def render_report(doc):
     lines = ["# Section 4 of the paper, checked against minibn's code", "",
              "## The paper's statements: verdicts", "",
              "docs/protocol.md §4a names no claim of this study (its claims are the experiments'); the statements "
-             "of §5 are judged instead, each as `theory.CHECK` by `minibn.claims.theory_claims`: reproduced when no "
+             "of §5 are judged instead, each as `theory.CHECK` by `minibn.claims.theory.judge`: reproduced when no "
              "instance is off by more than the tolerance. Also in `claims.json`.", "",
-             claims.summary_table(claims.theory_claims(doc)), "",
+             verdicts.summary_table(rules.judge(doc)), "",
              "Every statement of docs/protocol.md §5, evaluated with minibn's own BatchNorm and Dense forward/backward "
              "(eps = 0, population variance, as the theory assumes) on random layers and on every BN layer of "
              "three trained networks at several points of training; the other normalizers' invariances "
@@ -150,17 +149,15 @@ def render_report(doc):
     return "\n".join(lines)
 
 
-def write_report(out, doc):
-    claims.write(out, claims.theory_claims(doc))
-    common.write_report(out, render_report(doc))
+def write(out, doc, arrays=None):
+    """claims.json and report.md of the results ``doc`` in ``out`` (the study keeps no arrays)."""
+    verdicts.write(out, rules.judge(doc))
+    report.write_markdown(out, render_report(doc))
 
 
 def main(argv=None):
     """``python -m minibn.studies.theory_report DIR``: rebuild DIR/report.md from its results."""
-    out, doc, _ = common.report_input("minibn.studies.theory_report", argv)
-    write_report(out, doc)
-    print(os.path.join(out, "report.md"))
-    return 0
+    return report.main("minibn.studies.theory_report", write, argv)
 
 
 if __name__ == "__main__":

@@ -33,17 +33,17 @@ DIR/report.md (:mod:`minibn.studies.vgg_report`). From Python,
 :func:`run` does the same and returns the results (docs/studies.md).
 """
 
-import argparse
 import math
 import os
 import sys
 import time
 
-from minibn import backend, io, models, nn, train
+from minibn import backend, io, models, nn, results, train
 from minibn.data import cifar10
 from minibn.measure import ics, landscape, moments
 from minibn.nn import normalization
 from minibn.optim import SGD
+from minibn.results import Run, compared
 from minibn.studies import common
 
 #: The variants a run may use; each experiment below names its own.
@@ -84,31 +84,22 @@ def loss_fn(logits, labels):
 loss_fn.tangent = nn.losses.softmax_cross_entropy_tangent   # for the exact Hessian-vector products
 
 
-def run_name(variant, lr, seed):
-    return f"{variant}_lr{lr:g}_seed{seed}"
-
-
-def compared(cfg):
-    """BN and the normalizers ``--variants`` adds beside it (the study's config; none before the option)."""
-    return ["batchnorm", *(v for v in cfg.get("variants", []) if v != "batchnorm")]
-
-
 def plan(cfg, experiments):
-    """``{name: spec}`` of the runs the experiments need for every seed of ``cfg["seeds"]``, each
-    with its seed, instruments and experiments; the added variants run wherever BN does."""
+    """``{name: spec}`` of the runs the experiments need for every seed of ``cfg["seeds"]``, each spec
+    with its :class:`~minibn.results.Run`, instruments and experiments; the added variants run
+    wherever BN does."""
     runs = {}
     for seed in cfg["seeds"]:
         for exp in experiments:
             entries = [(v, which) for variant, which in EXPERIMENTS[exp]
                        for v in (compared(cfg) if variant == "batchnorm" else [variant])]
             for variant, which in entries:
-                lr = cfg[which]
-                spec = runs.setdefault(run_name(variant, lr, seed),
-                                       {"variant": variant, "lr": lr, "seed": seed, "experiments": []})
-                spec["experiments"].append(exp)
+                run = Run(variant, cfg[which], seed)
+                runs.setdefault(run.name, {"run": run, "experiments": []})["experiments"].append(exp)
     for spec in runs.values():
-        is_base = spec["lr"] == cfg["lr"]
-        spec["ics"] = spec["variant"] in ("standard", *compared(cfg)) and (is_base or spec["lr"] == cfg["lr_low"])
+        run = spec["run"]
+        is_base = run.lr == cfg["lr"]
+        spec["ics"] = run.variant in ("standard", *compared(cfg)) and (is_base or run.lr == cfg["lr_low"])
         spec["landscape"] = is_base
     return runs
 
@@ -143,13 +134,16 @@ def accuracy(model, x, labels, chunk=500):
 _DATA = {}
 
 
-def load_data(cfg, data_dir):
-    """CIFAR-10 for this preset, loaded once per process (workers serve several runs)."""
-    key = (data_dir, cfg["train_size"], cfg["eval_train_size"], cfg["eval_test_size"])
+def load_data(data_dir, train_size, test_size, subset_size):
+    """CIFAR-10's training set (its first ``train_size`` images; None: all), test set (first
+    ``test_size``) and a fixed balanced subset of the training images (the first ``subset_size``/10
+    of each class, in file order, as ``subset_x``, ``subset_y``), loaded once per process: a worker
+    serves several runs, and only the last data asked for is kept."""
+    key = (data_dir, train_size, test_size, subset_size)
     if key not in _DATA:
-        d = cifar10.load(data_dir, train_size=cfg["train_size"], test_size=cfg["eval_test_size"])
-        pick = cifar10.balanced_subset(d["train_y"], cfg["eval_train_size"])
-        d["eval_x"], d["eval_y"] = d["train_x"][pick], d["train_y"][pick]
+        d = cifar10.load(data_dir, train_size=train_size, test_size=test_size)
+        pick = cifar10.balanced_subset(d["train_y"], subset_size)
+        d["subset_x"], d["subset_y"] = d["train_x"][pick], d["train_y"][pick]
         _DATA.clear()
         _DATA[key] = d
     return _DATA[key]
@@ -164,15 +158,16 @@ def run_one(job):
         return io.read_json(done)
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(cfg["backend"])
-    data = load_data(cfg, cfg["data_dir"])
-    seed = spec["seed"]
-    normalization.get(spec["variant"], job["module"])  # a spawned worker imports a user's variant here
-    model = models.vgg(cfg["config"], norm=spec["variant"], width=cfg["width"], rng=seed, dtype="float32")
+    data = load_data(cfg["data_dir"], cfg["train_size"], cfg["eval_test_size"], cfg["eval_train_size"])
+    run = spec["run"]
+    seed = run.seed
+    normalization.get(run.variant, job["module"])  # a spawned worker imports a user's variant here
+    model = models.vgg(cfg["config"], norm=run.variant, width=cfg["width"], rng=seed, dtype="float32")
     model.to(cfg["backend"])
     stream = train.MiniBatches(backend.to_device(data["train_x"], xp), backend.to_device(data["train_y"], xp),
                                cfg["batch"], seed=seed)
-    eval_sets = {split: (backend.to_device(data[f"{split}_x"], xp), backend.to_device(data[f"{split}_y"], xp))
-                 for split in ("eval", "test")}
+    eval_sets = {split: (backend.to_device(data[f"{part}_x"], xp), backend.to_device(data[f"{part}_y"], xp))
+                 for split, part in (("eval", "subset"), ("test", "test"))}
 
     started = time.perf_counter()
 
@@ -183,7 +178,7 @@ def run_one(job):
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         return {"train_acc": train_acc, "test_acc": test_acc, "train_loss": train_loss, "test_loss": test_loss}
 
-    lr, every = spec["lr"], cfg["measure_every"]
+    lr, every = run.lr, cfg["measure_every"]
     # train mode: the activation distributions show the noise, as the paper's Fig 2 does
     callbacks = [moments.MomentsRecorder(preactivation_layers(model), every=every, n_samples=cfg["moment_samples"],
                                          seed=seed, mode="train")]
@@ -197,7 +192,7 @@ def run_one(job):
                       diverge_above=DIVERGED_LOSS)
     record = out["callbacks"]
     result = {
-        "variant": spec["variant"], "lr": lr, "seed": seed, "experiments": spec["experiments"],
+        "variant": run.variant, "lr": lr, "seed": seed, "experiments": spec["experiments"],
         "steps": out["steps"], "loss": out["loss"], "diverged_at": out["diverged_at"],
         "eval_steps": out["eval_steps"], **{k: out["eval"].get(k, []) for k in
                                            ("train_acc", "test_acc", "train_loss", "test_loss")},
@@ -210,150 +205,106 @@ def run_one(job):
     return result
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m minibn.studies.vgg",
-        description="The paper's VGG/CIFAR-10 experiments (docs/protocol.md §4): E1 accuracy at two LRs, E2 noisy BN, "
-                    "E3 internal covariate shift, E4 landscape along the gradient, E5 Lp normalizations.")
-    common.add_options(p, "runs/vgg-<preset>")
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="paper: VGG-16, 15,000 steps (GPU); cpu: VGG-11 at 1/8 width, 2,000 steps (~1 h on 2 cores); "
-                        "smoke: seconds, for tests [cpu]")
-    p.add_argument("--experiments", default="E1,E2,E3,E4,E5", help="comma-separated subset of E1..E5 [all]")
-    p.add_argument("--data-dir", default=None, help="folder with the python-version CIFAR-10 batches "
-                   "[$MINIBN_DATA/cifar10, else ~/.cache/minibn/cifar10, downloaded there if absent]")
-    p.add_argument("--seed", type=int, default=0, help="first seed: initial weights, batch order and noise [0]")
-    p.add_argument("--seeds", type=int, default=1, help="repeat every run with this many seeds (seed, seed+1, ...) [1]")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run [the preset's]")
-    p.add_argument("--only", default=None, metavar="RUN,...",
-                   help="train only these runs of the plan (e.g. batchnorm_lr0.1_seed0), to split a study over several "
-                        "processes or machines sharing --out by hand (--executor dask splits it for you); a last "
-                        "--resume without --only writes the whole report")
-    p.add_argument("--lr", type=float, default=None, help="the base learning rate of every experiment [0.1]")
-    p.add_argument("--lr-high", type=float, default=None, help="E1's large learning rate [0.5]")
-    p.add_argument("--lr-low", type=float, default=None, help="E3's small learning rate [0.01]")
-    p.add_argument("--variants", nargs="+", default=None, metavar="V",
-                   help=f"normalizers to run beside BN, wherever BN runs, at its LRs, of "
-                        f"{', '.join(normalization.REGISTRY)} (e.g. layernorm groupnorm weightnorm) [none]")
-    args = p.parse_args(argv)
-    try:
-        validate(args)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+OPTIONS = (
+    *common.shared_options("runs/vgg-<preset>"),
+    common.Option("preset", "cpu", "paper: VGG-16, 15,000 steps (GPU); cpu: VGG-11 at 1/8 width, 2,000 steps (~1 h on "
+                                   "2 cores); smoke: seconds, for tests", choices=sorted(PRESETS)),
+    common.Option("experiments", tuple(EXPERIMENTS), "comma-separated subset of E1..E5 (from Python: a list) [all]"),
+    common.Option("data_dir", None, "folder with the python-version CIFAR-10 batches [$MINIBN_DATA/cifar10, else "
+                                    "~/.cache/minibn/cifar10, downloaded there if absent]", metavar="DIR"),
+    common.Option("steps", None, "training steps per run [the preset's]", type=int),
+    common.Option("only", None, "train only these runs of the plan (e.g. batchnorm_lr0.1_seed0; from Python: a list), "
+                                "to split a study over several processes or machines sharing --out by hand "
+                                "(--executor dask splits it for you); a last --resume without --only writes the "
+                                "whole report", metavar="RUN,..."),
+    common.Option("lr", None, "the base learning rate of every experiment [0.1]", type=float),
+    common.Option("lr_high", None, "E1's large learning rate [0.5]", type=float),
+    common.Option("lr_low", None, "E3's small learning rate [0.01]", type=float),
+    common.Option("variants", None, "normalizers to run beside BN, wherever BN runs, at its LRs, of every registered "
+                                    "normalizer (e.g. layernorm groupnorm weightnorm) [none]", nargs="+", metavar="V"),
+)
+DEFAULT_OUT = os.path.join("runs", "vgg-{preset}")
 
 
-def validate(args):
-    """Every option checked before any work starts (the data folder included)."""
-    chosen = args.experiments.split(",") if isinstance(args.experiments, str) else args.experiments
-    names = [e.strip().upper() for e in chosen if e.strip()]
+def check(opts):
+    """The VGG study's own options checked, the data folder included (:func:`minibn.studies.common.checked`
+    does the rest)."""
+    if opts["preset"] not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {opts['preset']!r}")
+    names = [e.upper() for e in common.as_list(opts["experiments"]) or []]
     unknown = [e for e in names if e not in EXPERIMENTS]
     if not names or unknown:
-        raise ValueError(f"--experiments: unknown {unknown or args.experiments!r}; choose from {', '.join(EXPERIMENTS)}")
-    args.experiments = sorted(set(names))
-    for opt in ("lr", "lr_high", "lr_low"):
-        v = getattr(args, opt)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"--{opt.replace('_', '-')} must be positive and finite, got {v}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be a positive integer, got {args.steps}")
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    common.check_seed(args.seed)
-    args.jobs = common.check_jobs(args.jobs, args.backend, args.executor)
-    args.variants = common.check_variants(args.variants, args.jobs, args.executor)
-    common.check_backend(args.backend)
-    common.check_executor(args.executor, args.scheduler, args.backend)
+        raise ValueError(f"--experiments: unknown {unknown or opts['experiments']!r}; choose from {', '.join(EXPERIMENTS)}")
+    opts["experiments"] = sorted(set(names))
+    for key in ("lr", "lr_high", "lr_low"):
+        if opts[key] is not None:
+            opts[key] = common.check_lr(key, opts[key])
+    common.check_positive("steps", opts["steps"])
+    opts["variants"] = common.check_variants(opts["variants"], opts["jobs"], opts["executor"])
     try:
-        args.data_dir = cifar10.locate(args.data_dir)
+        opts["data_dir"] = cifar10.locate(opts["data_dir"])
     except cifar10.CIFARDataError as err:
         raise ValueError(str(err)) from None
-    if args.only is not None:
-        planned = plan(build_config(args), args.experiments)
-        only = args.only.split(",") if isinstance(args.only, str) else args.only
-        args.only = common.unique(r.strip() for r in only if r.strip())
-        unknown = [r for r in args.only if r not in planned]
-        if not args.only or unknown:
+    if opts["only"] is not None:
+        planned = plan(build_config(opts), opts["experiments"])
+        opts["only"] = common.unique(common.as_list(opts["only"]))
+        unknown = [r for r in opts["only"] if r not in planned]
+        if not opts["only"] or unknown:
             raise ValueError(f"--only: {unknown or 'no run'} not in the plan of these experiments: {', '.join(planned)}")
-    args.out = args.out or os.path.join("runs", f"vgg-{args.preset}")
-    common.check_writable_dir(args.out)
+    return opts
 
 
-def build_config(args):
-    cfg = dict(PRESETS[args.preset])
-    for key in ("steps", "lr", "lr_high", "lr_low"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    cfg.update(preset=args.preset, seeds=list(range(args.seed, args.seed + args.seeds)), backend=args.backend,
-               data_dir=os.path.abspath(str(args.data_dir)), eta_multipliers=ETA_MULTIPLIERS)
-    if args.variants:
-        cfg["variants"] = list(args.variants)
+def build_config(opts):
+    """The study's config: the preset's settings with the options' steps and LRs, the seeds, the backend,
+    the data folder, the landscape grid and the normalizers run beside BN."""
+    cfg = dict(PRESETS[opts["preset"]])
+    cfg.update({key: opts[key] for key in ("steps", "lr", "lr_high", "lr_low") if opts[key] is not None})
+    cfg.update(preset=opts["preset"], seeds=list(range(opts["seed"], opts["seed"] + opts["seeds"])),
+               backend=opts["backend"], data_dir=os.path.abspath(str(opts["data_dir"])), eta_multipliers=ETA_MULTIPLIERS)
+    if opts["variants"]:
+        cfg["variants"] = list(opts["variants"])
     return cfg
 
 
-def run(out=None, *, preset="cpu", experiments=tuple(EXPERIMENTS), backend="numpy", data_dir=None, seed=0,
-        seeds=1, resume=False, jobs=1, executor="local", scheduler=None, steps=None, only=None, lr=None, lr_high=None,
-        lr_low=None, variants=None, command=None):
-    """Run the study (the command line's options as arguments) and return what results.json holds.
-
-    ``experiments`` and ``only`` take lists (or the command line's comma-separated strings); a bad
-    option raises ValueError before any work starts. Writes into ``out`` as the command line does."""
-    args = argparse.Namespace(out=out, preset=preset, experiments=experiments, backend=backend, data_dir=data_dir,
-                              seed=seed, seeds=seeds, resume=resume, jobs=jobs, executor=executor,
-                              scheduler=scheduler, steps=steps, only=only, lr=lr,
-                              lr_high=lr_high, lr_low=lr_low, variants=variants)
-    validate(args)
-    return run_validated(args, command or f"minibn.studies.vgg.run(out={args.out!r}, preset={preset!r}, ...)")
+#: A run's cost relative to the others, so the costliest start first: noise is drawn at every step,
+#: and ICS measures every layer's gradient twice.
+COST = {"noisy": 3, "standard_noisy": 2}
 
 
-def run_validated(args, command):
-    cfg = build_config(args)
-    # runs are named by variant and seed, so the seeds and added variants may change on resume
-    # (as the DLN study's)
-    common.record_config(args.out, cfg, args.resume, may_change=("seeds", "variants"))
-    runs = plan(cfg, args.experiments)
-    if args.only:
-        runs = {name: spec for name, spec in runs.items() if name in args.only}
-    jobs = [{"name": name, "spec": spec, "config": cfg, "out": args.out, "resume": args.resume,
-             "module": normalization.get(spec["variant"]).module} for name, spec in runs.items()]
-    print(f"vgg study, preset {args.preset} ({', '.join(args.experiments)}), seeds {cfg['seeds']}: {len(jobs)} runs of "
-          f"{cfg['steps']} steps on {args.backend}, {common.describe_executor(args.executor, args.jobs, args.scheduler)}"
-          f" -> {args.out}", flush=True)
-    started = time.perf_counter()
-    results = run_all(jobs, args.jobs, args.executor, args.scheduler)
-    common.raise_failures(args.out, common.failures_of(results), common.resume_command(command))
+def execute(opts, command):
+    """Train the runs the experiments need and write the results, figures and report."""
     from minibn.studies import vgg_report
 
-    doc = {"study": "vgg", "preset": args.preset, "experiments": args.experiments,
-           "config": {**cfg, "environment": common.environment(cfg["backend"]), "command": command,
-                      "wall_s": time.perf_counter() - started},
-           "runs": results}
-    slim = vgg_report.write_all(args.out, doc)
-    print(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(args.out, 'report.md')}", flush=True)
-    return slim
+    cfg = build_config(opts)
+    runs = plan(cfg, opts["experiments"])
+    tasks = [common.task(opts, cfg, name, spec=spec, module=normalization.get(spec["run"].variant).module)
+             for name, spec in runs.items() if not opts["only"] or name in opts["only"]]
+
+    def order(tasks):  # seed by seed, so an interrupted study leaves whole seeds; the costliest first
+        return sorted(tasks, key=lambda t: (t["spec"]["run"].seed,
+                                            -(COST.get(t["spec"]["run"].variant, 1) + 2 * t["spec"]["ics"])))
+
+    # runs are named by variant, LR and seed, so the seeds and added variants may change on resume
+    title = f"vgg study, preset {opts['preset']} ({', '.join(opts['experiments'])}, {cfg['steps']} steps)"
+    results_, wall = common.train_runs(title, opts, cfg, tasks, run_one, command, may_change=("seeds", "variants"),
+                                       order=order)
+    doc = common.document("vgg", opts, cfg, results_, command, wall, experiments=opts["experiments"])
+    return common.write_results(opts, doc, split_run, vgg_report)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    command = "python -m minibn.studies.vgg " + " ".join(argv)
-    return common.main_guard(lambda: run_validated(args, command), args.out, command)
+def split_run(name, run):
+    """``(run for results.json, arrays for results.npz)``: each conv layer's activation samples move to
+    a (points, samples) float32 array ``NAME/moments/K``."""
+    mom = dict(run["moments"])
+    layers, arrays = {}, {}
+    for k, (layer, rec) in enumerate(sorted(mom["layers"].items(), key=lambda kv: int(kv[0])), start=1):
+        rec = dict(rec)
+        arrays[f"{name}/moments/{k}"] = results.stack_ragged(rec.pop("samples", []), "float32")  # as recorded
+        layers[layer] = rec
+    return {**run, "moments": {**mom, "layers": layers}}, arrays
 
 
-def run_all(jobs, workers, executor="local", scheduler=None):
-    """Runs in ``workers`` processes (spawned, one BLAS thread each), or as Dask tasks
-    (:func:`minibn.studies.common.run_tasks`): seed by seed, so an interrupted study leaves whole
-    seeds, and within a seed the costliest first."""
-    cost = {"noisy": 3, "standard_noisy": 2}
-    order = sorted(jobs, key=lambda j: (j["spec"]["seed"], -(cost.get(j["spec"]["variant"], 1) + 2 * j["spec"]["ics"])))
-    results = {}
-    backend_name = jobs[0]["config"]["backend"] if jobs else "numpy"
-    for job, result in common.run_tasks(run_one, order, executor, workers, scheduler, backend_name):
-        results[job["name"]] = result
-        if executor == "dask" or workers > 1:
-            print(f"{'failed' if isinstance(result, common.Failure) else 'finished'} {job['name']} "
-                  f"({len(results)}/{len(order)})", flush=True)
-    return {job["name"]: results[job["name"]] for job in jobs}
+run, main = common.entry_points(__name__, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -19,26 +19,20 @@ every curve, the median over seeds with its min-max band (a histogram: the media
 its band); one seed draws its curves as they are.
 """
 
-import math
 import os
 import sys
 
-from minibn import claims, io, report
-from minibn.report import color, floats, fmt, label
-from minibn.studies import common
-from minibn.studies.vgg import compared
+from minibn import backend, io, report
+from minibn.claims import vgg as rules
+from minibn.claims import verdicts
+from minibn.report import color, fmt, label
+from minibn.results import (compared, conv_count, moment_series, name_of, runs_over_seeds, scaled_layers,
+                            stack_ragged, tail_mean)
 
-np = report.np
+np = backend.host
 
 
 # --- reading the results ----------------------------------------------------------
-
-def find_runs(doc, variant, lr):
-    """The runs of ``variant`` at ``lr``, one per seed in seed order (empty when the study did not
-    train it)."""
-    runs = [run for run in doc["runs"].values() if run["variant"] == variant and math.isclose(run["lr"], lr)]
-    return sorted(runs, key=lambda run: run.get("seed", 0))
-
 
 def aligned(runs, steps_of, values_of, missing=None):
     """``(steps, curves)``: each run's curve over the longest run's steps, a shorter one (a seed
@@ -48,63 +42,12 @@ def aligned(runs, steps_of, values_of, missing=None):
     return steps, [c + [missing] * (len(steps) - len(c)) for c in curves]
 
 
-def scaled_layers(n, paper_layers):
-    """The paper's layer numbers (of 13 conv layers) on a net of ``n`` conv layers, distinct, in order."""
-    return sorted({min(n, max(1, round(k * n / 13))) for k in paper_layers})
-
-
-def n_conv(doc):
-    for run in doc["runs"].values():
-        return len(run["moments"]["conv_layers"])
-    return 0
-
-
-def moment_series(run, conv_layer):
-    """The moments record of conv layer ``conv_layer`` (1-based) of a run."""
-    layers = sorted(run["moments"]["layers"], key=int)
-    return run["moments"]["layers"][layers[conv_layer - 1]]
-
-
 def samples(run, conv_layer, arrays, name):
     """(points, n_samples) activation samples of one conv layer (NaN where not finite)."""
     key = f"{name}/moments/{conv_layer}"
     if key in arrays:
         return arrays[key]
     return stack_ragged(moment_series(run, conv_layer).get("samples", []))
-
-
-def stack_ragged(lists):
-    width = max((len(v) for v in lists), default=0)
-    out = np.full((len(lists), width), np.nan)
-    for i, v in enumerate(lists):
-        out[i, :len(v)] = floats(v)
-    return out
-
-
-def split_arrays(doc):
-    """results.json without the activation samples, and the samples as npz arrays."""
-    arrays, runs = {}, {}
-    for name, run in doc["runs"].items():
-        run = dict(run)
-        mom = dict(run["moments"])
-        layers = {}
-        for k, (layer, rec) in enumerate(sorted(mom["layers"].items(), key=lambda kv: int(kv[0])), start=1):
-            rec = dict(rec)
-            arrays[f"{name}/moments/{k}"] = stack_ragged(rec.pop("samples", [])).astype("float32")  # as recorded
-            layers[layer] = rec
-        mom["layers"] = layers
-        run["moments"] = mom
-        runs[name] = run
-    return {**doc, "runs": runs}, arrays
-
-
-def tail_mean(values, fraction=0.1):
-    """Mean of the last ``fraction`` of the finite values (the final training loss, less noisy)."""
-    v = floats(values)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return math.nan
-    return float(v[-max(1, int(len(v) * fraction)):].mean())
 
 
 def moving_average(values, k=50):
@@ -143,7 +86,7 @@ def fig_accuracy(doc, path, variants, lrs, title):
     losses = []
     for v in variants:
         for lr, style in zip(lrs, styles):
-            runs = find_runs(doc, v, lr)
+            runs = runs_over_seeds(doc, v, lr)
             if not runs:
                 continue
             legend = report.diverged_label(f"{label(v)}, LR {lr:g}", runs)
@@ -169,12 +112,12 @@ def fig_accuracy(doc, path, variants, lrs, title):
 
 
 def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
-    layers = scaled_layers(n_conv(doc), paper_layers)
+    layers = scaled_layers(conv_count(doc), paper_layers)
     fig, axes = report.new_figure(1, len(layers))
     for ax, layer in zip(axes[0], layers):
         for v in variants:
-            runs = find_runs(doc, v, lr)
-            last = [samples(run, layer, arrays, run_name_of(doc, run))[-1] for run in runs]
+            runs = runs_over_seeds(doc, v, lr)
+            last = [samples(run, layer, arrays, name_of(doc, run))[-1] for run in runs]
             if last:
                 report.histogram_with_band(ax, stack_ragged(last), label(v), color(v))
         ax.set_title(f"conv layer {layer}: pre-activations at the last step")
@@ -184,16 +127,16 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
 
 
 def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
-    layers = scaled_layers(n_conv(doc), paper_layers)
-    present = [v for v in variants if find_runs(doc, v, lr)]
+    layers = scaled_layers(conv_count(doc), paper_layers)
+    present = [v for v in variants if runs_over_seeds(doc, v, lr)]
     fig, axes = report.new_figure(max(1, len(present)), len(layers), width=3.6, height=3.0)
     for row, v in enumerate(present):
-        runs = find_runs(doc, v, lr)
+        runs = runs_over_seeds(doc, v, lr)
         for col, layer in enumerate(layers):
             ax = axes[row, col]
             # per measured step, one row of samples per seed (a seed that diverged earlier: none)
             steps, by_seed = aligned(runs, lambda run: run["moments"]["steps"],
-                                     lambda run: list(samples(run, layer, arrays, run_name_of(doc, run))), [])
+                                     lambda run: list(samples(run, layer, arrays, name_of(doc, run))), [])
             report.ridge(ax, [stack_ragged(rows) for rows in zip(*by_seed)], steps, color=color(v), bins=25)
             ax.set_title(f"{label(v)}, layer {layer}", fontsize=9)
     report.save(fig, path)
@@ -205,12 +148,12 @@ def beside_bn(doc, variants):
 
 
 def fig_ics(doc, path, lrs, variants=("standard", "batchnorm"), paper_layers=(5, 10)):
-    n = n_conv(doc)
+    n = conv_count(doc)
     layers = scaled_layers(n, paper_layers)
     fig, axes = report.new_figure(1 + 2 * len(layers), len(lrs), width=4.4, height=2.6)
     for col, lr in enumerate(lrs):
         for v in variants:
-            runs = find_runs(doc, v, lr)
+            runs = runs_over_seeds(doc, v, lr)
             _plot_acc(axes[0, col], runs, "train_acc", label(v), color(v))
             runs = [run for run in runs if run.get("ics")]
             for k, layer in enumerate(layers):
@@ -238,7 +181,7 @@ def landscape_curves(runs, key):
 def fig_landscape(doc, path, variants, lr):
     fig, axes = report.new_figure(1, 3)
     for v in variants:
-        runs = [run for run in find_runs(doc, v, lr) if run.get("landscape")]
+        runs = [run for run in runs_over_seeds(doc, v, lr) if run.get("landscape")]
         if not runs:
             continue
         # a run's band is its range over the eta' grid: several seeds draw the median of each edge,
@@ -264,7 +207,7 @@ def fig_landscape(doc, path, variants, lr):
 def fig_gradpred_vs_eta(doc, path, lr, variants=("standard", "batchnorm")):
     import matplotlib.cm as cm
 
-    panels = [(v, [run for run in find_runs(doc, v, lr) if run.get("landscape")]) for v in variants]
+    panels = [(v, [run for run in runs_over_seeds(doc, v, lr) if run.get("landscape")]) for v in variants]
     panels = [(v, runs) for v, runs in panels if runs]
     fig, axes = report.new_figure(1, max(1, len(panels)))
     for ax, (v, runs) in zip(axes[0], panels):
@@ -284,10 +227,10 @@ def fig_gradpred_vs_eta(doc, path, lr, variants=("standard", "batchnorm")):
 
 
 def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
-    layers = scaled_layers(n_conv(doc), paper_layers)
+    layers = scaled_layers(conv_count(doc), paper_layers)
     fig, axes = report.new_figure(2, len(layers))
     for v in variants:
-        runs = find_runs(doc, v, lr)
+        runs = runs_over_seeds(doc, v, lr)
         if not runs:
             continue
         for col, layer in enumerate(layers):
@@ -304,15 +247,6 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
     axes[0, 0].legend(fontsize=7)
     report.save(fig, path)
 
-
-def run_name_of(doc, run):
-    for name, r in doc["runs"].items():
-        if r is run:
-            return name
-    raise KeyError("run not in doc")
-
-
-# --- the report ---------------------------------------------------------------------
 
 def step_rate(run):
     """Images/s of the run's bare training step: recorded by runs made before the benchmark moved
@@ -338,15 +272,15 @@ FIGURES = ["fig1_accuracy", "fig1_activations", "fig2_noisy_accuracy", "fig2_noi
 
 
 def seeds_text(cfg):
-    """``seed 0`` or ``seeds 0, 1, 2``: studies before ``--seeds`` recorded one ``seed``."""
-    seeds = cfg.get("seeds", [cfg.get("seed")])
+    """``seed 0`` or ``seeds 0, 1, 2``."""
+    seeds = cfg["seeds"]
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
 
 
 def carried_over(doc, arrays):
     """``{variant: records}``: the claims about BN judged with each normalizer the study added beside
-    BN in its place (:func:`minibn.claims.carry_over`)."""
-    return {v: claims.carry_over(lambda d: claims.vgg_claims(d, arrays), doc, v) for v in compared(doc["config"])[1:]}
+    BN in its place (:func:`minibn.claims.verdicts.carry_over`)."""
+    return {v: verdicts.carry_over(lambda d: rules.judge(d, arrays), doc, v) for v in compared(doc["config"])[1:]}
 
 
 def carry_over_lines(records, carried):
@@ -356,23 +290,23 @@ def carry_over_lines(records, carried):
         "## Other normalizers in BN's place", "",
         f"Which of the paper's conclusions about BN carry over to {', '.join(label(v) for v in carried)}: each "
         "claim that compares BN with the standard network, judged by its own rule on the same quantities with the "
-        "normalizer's runs standing where BN's stand (`minibn.claims.carry_over`; per seed in `carry_over.json`). "
+        "normalizer's runs standing where BN's stand (`minibn.claims.verdicts.carry_over`; per seed in `carry_over.json`). "
         "BN's row repeats its verdict above. \"not measured\": the study has no run or experiment the rule needs.",
-        "", claims.carry_over_table(records, carried, "vgg"), ""]
+        "", verdicts.carry_over_table(records, carried, "vgg"), ""]
 
 
 def report_markdown(doc, arrays, figures, records=None, carried=None):
     cfg = doc["config"]
     env = cfg["environment"]
-    records = claims.vgg_claims(doc, arrays) if records is None else records
+    records = rules.judge(doc, arrays) if records is None else records
     carried = carried_over(doc, arrays) if carried is None else carried
     lines = [
         f"# VGG / CIFAR-10 study, preset `{doc['preset']}`", "",
         "## The paper's claims: verdicts", "",
         "Each claim of docs/protocol.md §4a that the selected experiments test, judged per seed by a rule of "
-        "`minibn/claims.py` (fixed before the results were seen; each rule is stated under \"Claims beside "
+        "`minibn/claims/vgg.py` (fixed before the results were seen; each rule is stated under \"Claims beside "
         "measurements\"); also in `claims.json`.", "",
-        claims.summary_table(records), "",
+        verdicts.summary_table(records), "",
         f"Command: `{cfg['command']}`  ",
         f"Machine: {env['platform']}, {env['processor']}, {env['cpu_count']} cores, Python {env['python']}, "
         f"NumPy {env['numpy']}, backend `{cfg['backend']}`  ",
@@ -387,7 +321,7 @@ def report_markdown(doc, arrays, figures, records=None, carried=None):
         f"{cfg['eta_multipliers']}×LR.", "",
         *carry_over_lines(records, carried),
         "## Claims beside measurements", "",
-        *claims.rules_text(records), "",
+        *verdicts.rules_text(records), "",
         "## Runs", "", runs_table(doc), "",
         "\"final train loss\" is the mean training-batch loss over the last 10% of steps (train mode: noisy BN's "
         "with its noise); accuracies are the last evaluation; \"step images/s\" times the bare training step "
@@ -399,20 +333,9 @@ def report_markdown(doc, arrays, figures, records=None, carried=None):
     return "\n".join(lines) + "\n"
 
 
-def write_all(out, doc):
-    """results.json (+ results.npz), the figures and report.md in ``out``; returns what results.json holds."""
-    slim, arrays = split_arrays(doc)
-    io.write_json(os.path.join(out, "results.json"), slim)
-    io.write_npz(os.path.join(out, "results.npz"), **{k.replace("/", NPZ_SEP): v for k, v in arrays.items()})
-    write_figures_and_report(out, slim, arrays)
-    return slim
-
-
-NPZ_SEP = "__"  # "/" of an array's name as stored in results.npz
-
-
-def write_figures_and_report(out, doc, arrays):
-    """The figures the study's experiments call for, and report.md; returns the figures' names."""
+def write(out, doc, arrays):
+    """The figures the study's experiments call for, claims.json (and carry_over.json) and report.md of
+    the results ``doc`` and ``arrays``; returns the figures' names."""
     cfg = doc["config"]
     lr = cfg["lr"]
     made = []
@@ -442,11 +365,11 @@ def write_figures_and_report(out, doc, arrays):
         make("fig5_lp_training", fig_accuracy, path("fig5_lp_training"), lp, [lr], "E5")
         make("fig6_lp_landscape", fig_landscape, path("fig6_lp_landscape"), lp, lr)
         make("fig12_lp_activations", fig_histograms, path("fig12_lp_activations"), lp, (3, 11), lr)
-    records, carried = claims.vgg_claims(doc, arrays), carried_over(doc, arrays)
-    claims.write(out, records)
+    records, carried = rules.judge(doc, arrays), carried_over(doc, arrays)
+    verdicts.write(out, records)
     if carried:
         io.write_json(os.path.join(out, "carry_over.json"), carried)
-    common.write_report(out, report_markdown(doc, arrays, made, records, carried))
+    report.write_markdown(out, report_markdown(doc, arrays, made, records, carried))
     return made
 
 
@@ -455,10 +378,7 @@ NEEDS_ARRAYS = (fig_histograms, fig_ridges)
 
 def main(argv=None):
     """``python -m minibn.studies.vgg_report DIR``: rebuild DIR's figures and report.md from its results."""
-    out, doc, stored = common.report_input("minibn.studies.vgg_report", argv)
-    write_figures_and_report(out, doc, {k.replace(NPZ_SEP, "/"): v for k, v in stored.items()})
-    print(os.path.join(out, "report.md"))
-    return 0
+    return report.main("minibn.studies.vgg_report", write, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 real data where this machine has it."""
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile

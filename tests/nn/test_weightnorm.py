@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from minibn import backend, models, nn, theory
 from minibn.nn import normalization, weightnorm
-from minibn.testing import check_layer_property, layer_inputs
+from minibn.testing import check_layer_property
 from tests.nn import test_hvp
 
 FAST = settings(max_examples=15, deadline=None)

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from minibn import backend, io
+from minibn.results import Run
 from minibn.studies import common, dln, vgg
 from tests.data.test_cifar10 import make_folder
 
@@ -82,7 +83,7 @@ def test_a_killed_workers_run_resumes_from_its_checkpoint(scheduler, long_local,
     again on the other worker, which resumes from that checkpoint (attempt 2 of this submission)
     and the study ends with the result of an uninterrupted run."""
     out = tmp_path / "killed"
-    name = dln.run_name("batchnorm", 1e-4, 0)
+    name = Run("batchnorm", 1e-4, 0).name
     folder = out / "runs" / name
     proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--out", str(out), "--executor", "dask",
                              "--scheduler", scheduler, "--variants", "batchnorm"] + LONG,
@@ -122,7 +123,7 @@ def test_ctrl_c_leaves_the_study_resumable_and_resume_trains_only_what_is_missin
     (not trained again: the workers may finish a run in the seconds the cluster takes to close),
     resumes the rest and ends with the uninterrupted results."""
     out = tmp_path / "interrupted"
-    folders = [out / "runs" / dln.run_name(v, 1e-4, 0) for v in ("batchnorm", "standard")]
+    folders = [out / "runs" / Run(v, 1e-4, 0).name for v in ("batchnorm", "standard")]
     argv = ["--out", str(out), "--executor", "dask", "--variants", "batchnorm", "standard"] + LONG
     proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--jobs", "2"] + argv,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -152,7 +153,7 @@ def _refused_port():
 def _option_error(argv, tmp_path, capsys):
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as exit_:
-        dln.parse_args(["--preset", "smoke", "--out", str(out)] + argv)
+        dln.main(["--preset", "smoke", "--out", str(out)] + argv)
     assert exit_.value.code == 2 and not out.exists()
     lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(lines) == 1
@@ -215,8 +216,9 @@ def test_the_options_are_on_the_run_studies_and_the_page_is_linked():
         text = subprocess.run([sys.executable, "-m", study.__name__, "--help"], capture_output=True, text=True,
                               check=True).stdout
         assert "--executor {local,dask}" in text and "--scheduler ADDRESS" in text, study.__name__
-    with pytest.raises(SystemExit):
-        theory.parse_args(["--executor", "dask"])  # one process: nothing to spread (its docstring says why)
+    with pytest.raises(SystemExit) as exit_:
+        theory.main(["--executor", "dask"])  # one process: nothing to spread (its docstring says why)
+    assert exit_.value.code == 2
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert os.path.isfile(os.path.join(root, "docs", "distributed.md"))
     for page in ("README.md", os.path.join("docs", "index.md")):

@@ -9,10 +9,14 @@ import time
 
 import pytest
 
-from minibn import claims, io
-from minibn.studies import dln, dln_report
+from minibn import io, results
+from minibn.claims import dln as dln_rules
+from minibn.claims import verdicts
+from minibn.results import Run
+from minibn.studies import common, dln, dln_report
 
-RUN_KEYS = {"variant", "lr", "seed", "steps", "loss", "diverged_at", "ics", "landscape", "moments", "wall_s"}
+RUN_KEYS = {"variant", "lr", "seed", "steps", "loss", "diverged_at", "ics", "landscape", "moments", "hessian_top",
+            "target_singular_values", "wall_s"}
 ICS_KEYS = {"steps", "layers", "l2", "cos"}
 LANDSCAPE_KEYS = {"steps", "eta", "loss_min", "loss_max", "gradpred_min", "gradpred_max", "beta_eff"}
 FIGURES = ["fig3_training_loss.png", "fig3_ics.png", "fig9_landscape_bn.png", "fig10_landscape_lp.png",
@@ -31,12 +35,17 @@ def test_smoke_results_schema(smoke):
     assert doc["study"] == "dln" and doc["preset"] == "smoke"
     cfg = doc["config"]
     assert cfg["seeds"] == [0] and cfg["backend"] == "numpy" and "environment" in cfg
+    assert cfg["default_variants"] == list(dln.DEFAULT_VARIANTS)  # what the report reads, not the study module
     variants = {r["variant"] for r in doc["runs"].values()}
     assert variants == set(dln.DEFAULT_VARIANTS)
     assert len(doc["runs"]) == len(dln.PRESETS["smoke"]["runs"])
     for name, run in doc["runs"].items():
         assert RUN_KEYS <= set(run), name
         assert run["diverged_at"] is None
+        assert name == Run.of(run).name
+        # the target's singular values, largest first (the loss-scale claim's rank-k residuals)
+        sv = run["target_singular_values"]
+        assert len(sv) == dln.PRESETS["smoke"]["width"] and sv == sorted(sv, reverse=True) and sv[-1] > 0
         assert len(run["steps"]) == len(run["loss"]) and run["steps"][0] == 0
         assert ICS_KEYS <= set(run["ics"]) and LANDSCAPE_KEYS <= set(run["landscape"])
         n_points = len(run["ics"]["steps"])
@@ -63,7 +72,7 @@ def test_smoke_writes_figures_report_and_arrays(smoke):
     assert text.startswith("# DLN study (smoke preset)\n\n## The paper's claims: verdicts")
     assert "## Claims beside measurements" in text and "## The loss scale, measured" in text
     ids = [r["id"] for r in io.read_json(smoke / "claims.json")]
-    assert ids == list(claims.DLN_RULES)
+    assert ids == list(dln_rules.RULES)
     import numpy as np
 
     arrays = np.load(smoke / "results.npz")
@@ -90,23 +99,22 @@ def test_added_normalizers_run_beside_bn_in_figures_and_report(tmp_path, monkeyp
                                          [f"{v}_lr0.0001_seed0" for v in added])
     drawn = {}
     monkeypatch.setattr(report, "save", lambda fig, path: drawn.__setitem__(os.path.basename(path)[:-4], fig))
-    import numpy as np
-
-    with np.load(tmp_path / "results.npz") as stored:
-        dln_report.write_figures_and_report(str(tmp_path), doc, dict(stored))
+    back, arrays = results.read(tmp_path)
+    assert back == doc
+    dln_report.write(str(tmp_path), doc, arrays)
     for figure in ("fig3_ics", "fig9_landscape_bn"):
         legend = {t.get_text() for ax in drawn[figure].axes if ax.get_legend() for t in ax.get_legend().get_texts()}
         assert {report.label(v) for v in ("standard", "batchnorm", *added)} <= legend, (figure, legend)
     assert len(drawn["fig11_gradpred_vs_eta"].axes) == 5
     # the claims about BN stay about BN; each normalizer judged by the same rules in BN's place
     bn_only = {**doc, "runs": {n: r for n, r in doc["runs"].items() if r["variant"] in ("standard", "batchnorm")}}
-    assert io.read_json(tmp_path / "claims.json") == io.jsonable(claims.dln_claims(bn_only))
+    assert io.read_json(tmp_path / "claims.json") == io.jsonable(dln_rules.judge(bn_only))
     carried = io.read_json(tmp_path / "carry_over.json")
     assert sorted(carried) == sorted(added)
     text = (tmp_path / "report.md").read_text()
     section = text[text.index("## Other normalizers in BN's place"):text.index("## Runs")]
     for v in added:
-        assert [r["id"] for r in carried[v]] == [c for c in claims.BN_VS_STANDARD if c.startswith("dln.")]
+        assert [r["id"] for r in carried[v]] == [c for c in verdicts.BN_VS_STANDARD if c.startswith("dln.")]
         for r in carried[v]:
             assert f"| `{r['id']}` | {report.label(v)} |" in section
             # judged at the one LR it ran: no value of the other LR
@@ -117,7 +125,7 @@ def test_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path):
     """Ctrl-C (SIGINT to the process group) a real two-worker study after its first checkpoint,
     then --resume it: the result equals an uninterrupted run's."""
     args = ["--preset", "smoke", "--variants", "batchnorm", "l2", "--lr", "1e-4", "--steps", "200", "--no-report"]
-    name = dln.run_name("batchnorm", 1e-4, 0)
+    name = Run("batchnorm", 1e-4, 0).name
     killed = tmp_path / "killed"
     checkpoint = killed / "runs" / name / "checkpoint.npz"
     proc = subprocess.Popen([sys.executable, "-m", "minibn.studies.dln", "--out", str(killed), "--jobs", "2"] + args,
@@ -161,17 +169,20 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     (["--backend", "tpu"], "unknown backend"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, tmp_path, capsys):
+    out = tmp_path / "o"
     with pytest.raises(SystemExit) as err:
-        dln.parse_args(["--out", str(tmp_path / "o")] + argv)
+        dln.main(["--preset", "smoke", "--out", str(out)] + argv)
     assert err.value.code == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_unwritable_out_is_rejected(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(SystemExit):
-        dln.parse_args(["--out", str(blocker / "sub")])
+    with pytest.raises(SystemExit) as err:
+        dln.main(["--preset", "smoke", "--out", str(blocker / "sub")])
+    assert err.value.code == 2
     assert "not a writable folder" in capsys.readouterr().err
 
 
@@ -180,8 +191,9 @@ def test_cupy_without_gpu_is_a_clear_error(tmp_path, capsys):
 
     if backend.is_available("cupy"):
         pytest.skip("CuPy and a GPU are available here")
-    with pytest.raises(SystemExit):
-        dln.parse_args(["--out", str(tmp_path / "o"), "--backend", "cupy"])
+    with pytest.raises(SystemExit) as err:
+        dln.main(["--preset", "smoke", "--out", str(tmp_path / "o"), "--backend", "cupy"])
+    assert err.value.code == 2
     assert "minibn[gpu]" in capsys.readouterr().err
 
 
@@ -220,19 +232,20 @@ def test_report_command_refuses_a_folder_without_results(tmp_path, capsys):
 def test_run_returns_what_results_json_holds(tmp_path):
     doc = dln.run(out=str(tmp_path), preset="smoke", variants=["l2", "standard_noisy"], steps=3, report=False)
     assert doc == io.read_json(tmp_path / "results.json")
-    assert sorted(doc["runs"]) == [dln.run_name("l2", 1e-4, 0), dln.run_name("standard_noisy", 1e-4, 0)]
+    assert sorted(doc["runs"]) == [Run("l2", 1e-4, 0).name, Run("standard_noisy", 1e-4, 0).name]
     assert doc["config"]["command"].startswith("minibn.studies.dln.run(")
     with pytest.raises(ValueError, match="unknown variant"):
         dln.run(out=str(tmp_path / "other"), preset="smoke", variants=["bogus"])
 
 
 def test_runs_start_seed_by_seed_the_costliest_first():
-    cfg = dln.build_config(dln.parse_args(["--preset", "smoke"]))
+    opts = common.options(dln, {"preset": "smoke"})
+    cfg = dln.build_config(opts)
     seconds = dln.step_seconds(cfg, ["standard", "batchnorm", "noisy"], steps=2)
     assert set(seconds) == {"standard", "batchnorm", "noisy"} and all(t > 0 for t in seconds.values())
-    specs = [{"seed": seed, "variant": v, "lr": lr} for seed in (1, 0) for v, lr in
+    tasks = [common.task(opts, cfg, Run(v, lr, seed).name, run=Run(v, lr, seed)) for seed in (1, 0) for v, lr in
              [("standard", 1e-6), ("batchnorm", 1e-6), ("noisy", 1e-6), ("batchnorm", 1e-7)]]
-    order = dln.schedule(specs, {"standard": 1.0, "batchnorm": 5.0, "noisy": 11.0})
-    assert [(s["seed"], s["variant"]) for s in order] == [
+    order = dln.schedule(tasks, {"standard": 1.0, "batchnorm": 5.0, "noisy": 11.0})
+    assert [(t["run"].seed, t["run"].variant) for t in order] == [
         (0, "noisy"), (0, "batchnorm"), (0, "batchnorm"), (0, "standard"),
         (1, "noisy"), (1, "batchnorm"), (1, "batchnorm"), (1, "standard")]

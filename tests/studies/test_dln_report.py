@@ -1,15 +1,15 @@
-"""The DLN report's windows and plateau detection on hand-made results (its claims: tests/test_claims.py)."""
+"""The DLN report's windows and plateau detection on hand-made results (its claims: tests/claims/test_dln.py)."""
 
-from minibn import report
+from minibn import results
 from minibn.studies import dln_report
 
 
 def test_early_window_is_the_first_fifth_after_step_zero():
     steps = list(range(0, 1100, 100))  # 0, 100, ..., 1000: ten points after step 0
-    assert report.window(steps, early=True) == [1, 2]
-    assert report.window(steps) == list(range(1, 11))
-    assert report.window([0, 100], early=True) == [1]
-    assert report.window([0], early=True) == []
+    assert results.window(steps, early=True) == [1, 2]
+    assert results.window(steps) == list(range(1, 11))
+    assert results.window([0, 100], early=True) == [1]
+    assert results.window([0], early=True) == []
 
 
 def _final(variant, seed, final):

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from minibn import io, report, train
+from minibn import io, report, results, train
 from minibn.studies import common, dln, dln_report, theory, vgg
 from tests.data.test_cifar10 import make_folder
 
@@ -56,7 +56,7 @@ def test_dln_at_lr_1_finishes_with_a_report_marking_the_divergence(dln_diverged)
 
 @pytest.mark.parametrize("damage", ["huge", "empty"])
 def test_dln_report_draws_huge_and_empty_series(dln_diverged, tmp_path, damage):
-    doc, arrays = common.read_results(dln_diverged)
+    doc, arrays = results.read(dln_diverged)
     for run in doc["runs"].values():
         if damage == "huge":  # finite, past what a log axis can draw
             run["loss"] = [1e300 if v is None else v * 1e250 for v in run["loss"]]
@@ -91,7 +91,7 @@ def test_vgg_with_exploding_finite_losses_finishes_with_a_report(cifar, tmp_path
 
 
 def test_vgg_landscape_of_a_run_whose_every_probe_is_non_finite(cifar, tmp_path):
-    doc = vgg.run(str(tmp_path), preset="smoke", experiments=["E4"], data_dir=cifar, steps=2, lr=1e20)
+    doc = vgg.run(out=str(tmp_path), preset="smoke", experiments=["E4"], data_dir=cifar, steps=2, lr=1e20)
     assert all(v is None for run in doc["runs"].values() for v in run["landscape"]["loss_max"])
     assert os.path.getsize(tmp_path / "fig4_landscape.png") > 1000
 
@@ -228,8 +228,8 @@ def test_a_corrupted_cifar_file_is_reported_by_its_message(cifar, tmp_path, caps
     (dln.main, ["--preset", "smoke", "--seed", "-1"], "--seed must be an integer >= 0"),
     (vgg.main, ["--preset", "smoke", "--seed", "-1"], "--seed must be an integer >= 0"),
     (theory.main, ["--seed", "-1"], "--seed must be an integer >= 0"),
-    (theory.main, ["--steps", "-1"], "--steps must be >= 0"),
-    (theory.main, ["--instances", "-5"], "--instances must be >= 0"),
+    (theory.main, ["--steps", "-1"], "--steps must be an integer >= 0"),
+    (theory.main, ["--instances", "-5"], "--instances must be an integer >= 0"),
     (theory.main, ["--every", "0"], "--every must be a positive integer"),
     (theory.main, ["--backend", "nonsense"], "--backend nonsense"),
 ])
@@ -251,15 +251,22 @@ def test_theory_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_repeated_variants_and_learning_rates_are_merged(tmp_path):
-    args = dln.parse_args(["--preset", "smoke", "--variants", "batchnorm", "batchnorm", "standard",
-                           "--lr", "1e-3", "0.001", "--jobs", "1", "--out", str(tmp_path)])
-    assert args.variants == ["batchnorm", "standard"] and args.lr == [1e-3]
-    assert dln.build_config(args)["runs"] == [["batchnorm", 1e-3], ["standard", 1e-3]]
-    args = theory.parse_args(["--networks", "dln", "dln", "mlp", "--out", str(tmp_path)])
-    assert args.networks == ["dln", "mlp"]
+    def checked(study, argv):  # the command line's options, parsed and checked as main() does, not run
+        return common.checked(study, vars(common.parser(study).parse_args(argv)))
+
+    opts = checked(dln, ["--preset", "smoke", "--variants", "batchnorm", "batchnorm", "standard",
+                         "--lr", "1e-3", "0.001", "--jobs", "1", "--out", str(tmp_path)])
+    assert opts["variants"] == ["batchnorm", "standard"] and opts["lr"] == [1e-3]
+    assert dln.build_config(opts)["runs"] == [["batchnorm", 1e-3], ["standard", 1e-3]]
+    opts = checked(theory, ["--networks", "dln", "dln", "mlp", "--out", str(tmp_path)])
+    assert opts["networks"] == ["dln", "mlp"]
+    # from Python alike
+    opts = common.checked(dln, common.options(dln, {"preset": "smoke", "variants": ["l2", "l2"], "lr": [1e-3, 0.001],
+                                                    "out": str(tmp_path)}))
+    assert opts["variants"] == ["l2"] and opts["lr"] == [1e-3]
 
 
 def test_results_json_of_a_damaged_folder_raises_naming_it(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"runs": {}})[:-3])
     with pytest.raises(io.DamagedFile, match="results.json is damaged"):
-        common.read_results(tmp_path)
+        results.read(tmp_path)

@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from minibn import io
+from minibn.claims import sharpness as sharpness_rules
+from minibn.claims import verdicts
 from minibn.studies import sharpness, sharpness_report
 from tests.data.test_cifar10 import make_folder
 
@@ -50,8 +52,9 @@ def test_smoke_schema_figures_claims_and_report(smoke):
         assert os.path.getsize(os.path.join(out, fig)) > 1000, fig
     records = io.read_json(os.path.join(out, "claims.json"))
     ids = [r["id"] for r in records]
-    assert ids[:4] == list(sharpness_report.RULES)
-    assert ids[4:] == [f"width{w}:{c}" for w in (4, 6) for c in sharpness_report.WIDTH_CLAIMS]
+    assert ids[:4] == list(sharpness_rules.RULES)
+    assert ids[4:] == [f"width{w}:{c}" for w in (4, 6) for c in sharpness_rules.WIDTH_CLAIMS]
+    assert records == io.jsonable(sharpness_rules.judge(doc))  # the rulebook on results.json alone
     eos = records[0]
     assert eos["verdict"].startswith("not judged")   # the smoke preset has no run at LR 1e-6
     text = open(os.path.join(out, "report.md")).read()
@@ -91,9 +94,10 @@ def test_report_command_rebuilds_from_the_folder_alone(smoke, tmp_path):
     (["--preset", "huge"], "invalid choice"),
 ])
 def test_bad_options_are_refused_before_any_work(tmp_path, capsys, argv, message):
-    with pytest.raises(SystemExit):
-        sharpness.parse_args(["--out", str(tmp_path / "o"), *argv])
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        sharpness.main(["--out", str(tmp_path / "o"), *argv])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # --- the rules, on hand-made results --------------------------------------------------------
@@ -107,7 +111,7 @@ def dln_run(variant, ratio, lr=1e-6, diverged_at=None, seed=0):
 
 def verdict(claim_id, runs):
     doc = {"runs": {f"r{i}": r for i, r in enumerate(runs)}, "config": {}}
-    return sharpness_report.JUDGES[claim_id](doc, 0)
+    return sharpness_rules.JUDGES[claim_id](doc, 0)
 
 
 @pytest.mark.parametrize("ratios, expected", [
@@ -124,7 +128,7 @@ def test_edge_of_stability_rule_skips_a_diverged_run_and_reads_only_the_end():
     assert v.startswith("not judged") and "diverged" in v
     run = dln_run("standard", 1.0)
     run["hessian"]["top_eigenvalue"][1:8] = [1e9] * 7     # sharp early, at 2/eta over the last 20%
-    assert sharpness_report.eos_ratio(run) == pytest.approx(1.0)
+    assert sharpness_rules.eos_ratio(run) == pytest.approx(1.0)
 
 
 def density(top, m2):
@@ -162,10 +166,8 @@ def test_depth_rules():
 
 
 def test_docs_state_the_rules_the_code_applies():
-    from minibn import claims
-
     text = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "sharpness.md"), encoding="utf-8").read()
-    assert claims.rules_reference(sharpness_report.RULES) in text
+    assert verdicts.rules_reference(sharpness_rules.RULES) in text
     index = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "index.md"), encoding="utf-8").read()
     assert "(sharpness.md)" in index
 

@@ -18,8 +18,7 @@ NAMES = ["bn_jacobian", "thm41", "thm41_printed", "thm42_identity", "obs43", "th
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("theory")
-    doc = theory.run(out=str(out), instances=4, steps=2, every=1, units_per_layer=1, networks=("mlp",),
-                     log=lambda s: None)
+    doc = theory.run(out=str(out), instances=4, steps=2, every=1, units=1, networks=("mlp",))
     return out, doc
 
 
@@ -28,6 +27,8 @@ def test_run_writes_every_check_and_returns_what_results_json_holds(tiny):
     out, doc = tiny
     assert doc == io.read_json(out / "results.json")
     assert doc["study"] == "theory" and "environment" in doc["config"] and doc["config"]["networks"] == ["mlp"]
+    assert {k: doc["config"][k] for k in ("instances", "steps", "every", "units")} == {
+        "instances": 4, "steps": 2, "every": 1, "units": 1}
     assert [c["name"] for c in doc["checks"]] == NAMES
     for c in doc["checks"]:
         assert {"name", "statement", "holds", "instances", "max_rel_err"} <= set(c)
@@ -55,16 +56,19 @@ def test_report_command_rebuilds_the_report_from_the_folder_alone(tiny, tmp_path
 
 @pytest.mark.parametrize("argv, message", [
     (["--every", "0"], "--every must be a positive"),
-    (["--instances", "-1"], "--instances must be >= 0"),
+    (["--instances", "-1"], "--instances must be an integer >= 0"),
     (["--backend", "tpu"], "unknown backend"),
     (["--resume"], "unrecognized arguments: --resume"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        theory.parse_args(["--out", str(tmp_path / "o")] + argv)
+        theory.main(["--out", str(tmp_path / "o")] + argv)
     assert err.value.code == 2 and message in capsys.readouterr().err
-    with pytest.raises(ValueError):
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="--every must be a positive integer"):
         theory.run(out=str(tmp_path / "o"), every=0)
+    with pytest.raises(TypeError, match="resume"):  # run() takes the command line's options, no others
+        theory.run(out=str(tmp_path / "o"), resume=True)
 
 
 def test_checks_leave_the_network_untouched():

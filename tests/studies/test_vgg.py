@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from minibn import backend, claims, io, models, report
+from minibn import backend, io, models, report, results
+from minibn.claims import verdicts
+from minibn.claims import vgg as vgg_rules
 from minibn.measure import moments
 from minibn.studies import vgg, vgg_report
 from tests.data.test_cifar10 import make_folder
@@ -52,15 +54,16 @@ def test_smoke_results_schema_figures_and_report(smoke):
     assert len(bn["ics"]["l2"][0]) == len(bn["ics"]["layers"]) == 3  # two conv layers and the classifier
     assert bn["landscape"]["eta"] == pytest.approx([0.05, 0.1, 0.2, 0.4])
     assert doc["runs"]["standard_lr0.01_seed0"]["landscape"] is None and doc["runs"]["l2_lr0.1_seed0"]["ics"] is None
-    with np.load(os.path.join(out, "results.npz")) as arrays:
-        assert arrays["noisy_lr0.1_seed0__moments__2"].shape == (3, 32)  # 3 measurements of 32 samples
+    with np.load(os.path.join(out, "results.npz")) as arrays:  # array names as they are, "/" included
+        assert arrays["noisy_lr0.1_seed0/moments/2"].shape == (3, 32)  # 3 measurements of 32 samples
+    assert results.read(out)[1]["noisy_lr0.1_seed0/moments/2"].shape == (3, 32)
     for fig in ("fig1_accuracy", "fig2_noisy_activations", "fig3_ics", "fig4_landscape", "fig5_lp_training",
                 "fig6_lp_landscape", "fig8_moments", "fig11_gradpred_vs_eta", "fig12_lp_activations"):
         assert os.path.getsize(os.path.join(out, f"{fig}.png")) > 1000, fig
     text = open(os.path.join(out, "report.md")).read()
     assert text.startswith("# VGG / CIFAR-10 study, preset `smoke`\n\n## The paper's claims: verdicts")
     stored = io.read_json(os.path.join(out, "claims.json"))
-    assert [r["id"] for r in stored] == list(claims.VGG_RULES)  # every §4a VGG claim of E1..E5
+    assert [r["id"] for r in stored] == list(vgg_rules.RULES)  # every §4a VGG claim of E1..E5
     for r in stored:
         assert f"`{r['id']}`" in text
         assert r["verdict"].split(":")[0] in ("reproduced", "partly", "not reproduced", "opposite", "not judged"), r
@@ -81,8 +84,8 @@ def bands_drawn(folder, doc, monkeypatch):
     drawn = {}
     monkeypatch.setattr(report, "save", lambda fig, path: drawn.__setitem__(os.path.basename(path)[:-4], fig))
     with np.load(os.path.join(folder, "results.npz")) as stored:
-        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
-    vgg_report.write_figures_and_report(str(folder), doc, arrays)
+        arrays = {key: stored[key] for key in stored.files}
+    vgg_report.write(str(folder), doc, arrays)
     counts = {name: sum(len(ax.collections) + sum(p.get_fill() for p in ax.patches) for ax in fig.axes)
               for name, fig in drawn.items()}
     for fig in drawn.values():
@@ -178,12 +181,16 @@ def test_report_reads_a_study_made_before_seeds(smoke, tmp_path):
     doc["config"]["seed"] = doc["config"].pop("seeds")[0]
     doc["runs"] = {name.replace("_seed0", ""): run for name, run in doc["runs"].items()}
     io.write_json(folder / "results.json", doc)
-    with np.load(folder / "results.npz") as stored:
-        renamed = {key.replace("_seed0", ""): stored[key] for key in stored.files}
+    with np.load(folder / "results.npz") as stored:  # and named its arrays with "__" for "/"
+        renamed = {key.replace("_seed0", "").replace("/", results.OLD_NPZ_SEP): stored[key] for key in stored.files}
+    assert "standard_lr0.1__moments__1" in renamed
     np.savez(folder / "results.npz", **renamed)
     subprocess.run([sys.executable, "-m", "minibn.studies.vgg_report", str(folder)], check=True, capture_output=True)
     text = (folder / "report.md").read_text()
-    assert "seed 0." in text and "standard_lr0.1 " in text
+    assert "seed 0." in text and "standard_lr0.1_seed0 " in text   # read back under today's names
+    verdicts = [r["verdict"] for r in io.read_json(folder / "claims.json")]
+    assert verdicts and not any(v.startswith("not judged: no ") for v in verdicts)
+    assert io.read_json(folder / "claims.json") == io.read_json(os.path.join(out, "claims.json"))
 
 
 def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
@@ -221,8 +228,8 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--only", "batchnorm_lr0.1_seed0,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--variants", "layernorm", "rmsnorm"], "unknown variant\\(s\\) \\['rmsnorm'\\]"),
+    (["--seeds", "0"], "--seeds must be an integer >= 1"),
+    (["--variants", "layernorm", "no_such_norm"], "unknown variant\\(s\\) \\['no_such_norm'\\]"),  # not registered
 ])
 def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -262,13 +269,15 @@ def test_plan_shares_runs_between_experiments():
 def test_added_variants_run_wherever_bn_runs_with_bns_instruments():
     cfg = {**vgg.PRESETS["cpu"], "seeds": [0], "variants": ["layernorm", "weightnorm"]}
     runs = vgg.plan(cfg, ["E2", "E3"])
-    bn_like = {name.replace("batchnorm", v): spec for name, spec in runs.items() if spec["variant"] == "batchnorm"
+    bn_like = {name.replace("batchnorm", v): spec for name, spec in runs.items() if spec["run"].variant == "batchnorm"
                for v in ("layernorm", "weightnorm")}
     assert sorted(runs) == sorted(set(vgg.plan({**cfg, "variants": []}, ["E2", "E3"])) | set(bn_like))
-    for name in bn_like:  # same LR, experiments and instruments as BN's run
+    for name in bn_like:  # same LR, seed, experiments and instruments as BN's run
         bn = runs[name.replace("layernorm", "batchnorm").replace("weightnorm", "batchnorm")]
-        assert {k: runs[name][k] for k in ("lr", "experiments", "ics", "landscape")} == \
-               {k: bn[k] for k in ("lr", "experiments", "ics", "landscape")}, name
+        assert runs[name]["run"].name == name and runs[name]["run"].variant in ("layernorm", "weightnorm")
+        assert runs[name]["run"]._replace(variant="batchnorm") == bn["run"], name
+        assert {k: runs[name][k] for k in ("experiments", "ics", "landscape")} == \
+               {k: bn[k] for k in ("experiments", "ics", "landscape")}, name
     assert runs["layernorm_lr0.01_seed0"]["ics"] and not runs["noisy_lr0.1_seed0"]["ics"]
 
 
@@ -300,9 +309,8 @@ def test_added_variants_appear_in_results_figures_and_report(normalizers, tmp_pa
         assert any(name in ax.get_title() for ax in drawn["fig11_gradpred_vs_eta"].axes)
     # the claims about BN stay about BN: the same records as the study without the added runs
     bn_only = {**doc, "runs": {n: r for n, r in doc["runs"].items() if r["variant"] in ("standard", "batchnorm")}}
-    with np.load(os.path.join(normalizers, "results.npz")) as stored:
-        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
-    assert io.read_json(os.path.join(normalizers, "claims.json")) == io.jsonable(claims.vgg_claims(bn_only, arrays))
+    arrays = results.read(normalizers)[1]
+    assert io.read_json(os.path.join(normalizers, "claims.json")) == io.jsonable(vgg_rules.judge(bn_only, arrays))
     # each added normalizer judged by BN's rules in BN's place, beside BN's rows in the report
     carried = io.read_json(os.path.join(normalizers, "carry_over.json"))
     assert sorted(carried) == sorted(added)
@@ -317,16 +325,15 @@ def test_added_variants_appear_in_results_figures_and_report(normalizers, tmp_pa
 
 def test_a_normalizer_in_bns_place_gets_bns_verdicts_when_its_runs_are_bns(normalizers):
     doc = io.read_json(os.path.join(normalizers, "results.json"))
-    with np.load(os.path.join(normalizers, "results.npz")) as stored:
-        arrays = {key.replace(vgg_report.NPZ_SEP, "/"): stored[key] for key in stored.files}
-    judge = lambda d: claims.vgg_claims(d, arrays)  # noqa: E731
+    arrays = results.read(normalizers)[1]
+    judge = lambda d: vgg_rules.judge(d, arrays)  # noqa: E731
     twin = {**doc, "runs": {**doc["runs"], **{n.replace("batchnorm", "layernorm"): dict(r, variant="layernorm")
                                               for n, r in doc["runs"].items() if r["variant"] == "batchnorm"}}}
     bn = {r["id"]: r for r in judge(doc)}
-    for r in claims.carry_over(judge, twin, "layernorm"):
+    for r in verdicts.carry_over(judge, twin, "layernorm"):
         assert r["verdict"] == bn[r["id"]]["verdict"] and r["seeds"] == bn[r["id"]]["seeds"], r["id"]
     # with its own runs, its own values
-    own = claims.carry_over(judge, doc, "weightnorm")
+    own = verdicts.carry_over(judge, doc, "weightnorm")
     assert [r["seeds"] for r in own] != [bn[r["id"]]["seeds"] for r in own]
 
 
