@@ -77,8 +77,8 @@ def part_dln_compare(budget, quick, data_dir, work):
     from minibn.studies import dln
 
     options = {"preset": "smoke", "report": False, "steps": 10 if quick else None}
-    cpu = dln.run(os.path.join(work, "dln_numpy"), backend="numpy", **options)
-    gpu = dln.run(os.path.join(work, "dln_cupy"), backend="cupy", **options)
+    cpu = dln.run(out=os.path.join(work, "dln_numpy"), backend="numpy", **options)
+    gpu = dln.run(out=os.path.join(work, "dln_cupy"), backend="cupy", **options)
     runs, worst, parted = {}, 0.0, []
     for name, run in gpu["runs"].items():
         if run["variant"] in ("noisy", "standard_noisy"):
@@ -105,7 +105,7 @@ def part_dln_paper(budget, quick, data_dir, work):
     for variant, lr in cfg["runs"]:
         if time.perf_counter() > deadline:
             break
-        out = dln.run(os.path.join(work, f"dln_paper_{variant}_{lr:g}"), preset="paper", variants=[variant], lr=[lr],
+        out = dln.run(out=os.path.join(work, f"dln_paper_{variant}_{lr:g}"), preset="paper", variants=[variant], lr=[lr],
                       steps=probe_steps, backend="cupy", report=False)
         run = next(iter(out["runs"].values()))
         timed[f"{variant}_lr{lr:g}"] = probe_steps / run["wall_s"]
@@ -205,7 +205,7 @@ def part_vgg_e1(budget, quick, data_dir, work):
     runs = len(vgg.EXPERIMENTS["E1"])
     steps = max(1, min(cfg["steps"], int(0.4 * budget / (runs * step_s))))
     started = time.perf_counter()
-    out = vgg.run(os.path.join(work, "vgg_e1"), preset=preset, experiments=("E1",), backend="cupy",
+    out = vgg.run(out=os.path.join(work, "vgg_e1"), preset=preset, experiments=("E1",), backend="cupy",
                   data_dir=data_dir, steps=steps)
     return {"status": "passed", "steps": steps, "wall_s": time.perf_counter() - started,
             "final_loss": {name: run["loss"][-1] for name, run in out["runs"].items()},

@@ -585,6 +585,11 @@ def read_config(path):
 
 # --- a study of independent runs --------------------------------------------------------------
 
+def in_parallel(opts):
+    """Whether the runs go to more than one worker (a Dask cluster, or a local pool of ``jobs`` > 1)."""
+    return opts["executor"] == "dask" or (opts["jobs"] or 2) > 1
+
+
 def task(opts, cfg, name, **fields):
     """One run as a task for :func:`run_tasks`: its ``name`` (its folder is ``out/runs/name``), the
     study's ``config``, ``out`` and ``resume``, and the run's own ``fields``."""
@@ -603,7 +608,7 @@ def train_runs(title, opts, cfg, tasks, fn, command, may_change=(), order=None):
     print(f"{title}: {len(tasks)} runs on {opts['backend']}, {describe_executor(executor, jobs, opts['scheduler'])}"
           f" -> {out}", flush=True)
     started = time.perf_counter()
-    parallel = executor == "dask" or (jobs or 2) > 1
+    parallel = in_parallel(opts)
     finished = {}
     bar = tqdm(total=len(tasks), desc="runs", disable=None)
     for t, result in run_tasks(fn, order(tasks) if order else tasks, executor, jobs, opts["scheduler"],

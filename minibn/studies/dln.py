@@ -24,7 +24,7 @@ from minibn.measure import hessian, ics, landscape, moments
 from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.results import Run
-from minibn.studies import common
+from minibn.studies import common, dln_report
 
 #: minibn's own variants. A run accepts every name registered when it starts, a user's too
 #: (normalization.register; docs/your-own-layer.md).
@@ -206,15 +206,12 @@ def build_config(opts):
 
 def execute(opts, command):
     """Train the runs of the options' config and write the results, then (``report``) the report."""
-    from minibn.studies import dln_report
-
     cfg = build_config(opts)
     tasks = [common.task(opts, cfg, Run(v, lr, s).name, run=Run(v, lr, s), module=normalization.get(v).module)
              for s in cfg["seeds"] for v, lr in cfg["runs"]]
-    parallel = opts["executor"] == "dask" or (opts["jobs"] or 2) > 1
 
-    def order(tasks):
-        if not parallel or len(tasks) < 2:
+    def order(tasks):  # timing the variants costs about a second: worth it only where runs overlap
+        if not common.in_parallel(opts) or len(tasks) < 2:
             return tasks
         return schedule(tasks, step_seconds(cfg, dict.fromkeys(t["run"].variant for t in tasks)))
 

@@ -39,7 +39,7 @@ from minibn.measure import depth, effective_lr, hessian, landscape, slq
 from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.results import Run
-from minibn.studies import common, dln, vgg
+from minibn.studies import common, dln, sharpness_report, vgg
 
 PARTS = ("dln", "width", "vgg", "depth")
 LP = ("l1", "l2", "linf")
@@ -312,8 +312,6 @@ def build_config(opts):
 
 def execute(opts, command):
     """Train the runs of every chosen part and write the results, figures and report."""
-    from minibn.studies import sharpness_report
-
     cfg = build_config(opts)
     tasks = plan(cfg, opts)
     runs, wall = common.train_runs(f"sharpness study, preset {opts['preset']} ({', '.join(cfg['parts'])})", opts, cfg,

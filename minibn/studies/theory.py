@@ -43,7 +43,7 @@ from minibn.data.synthetic import linear_regression
 from minibn.measure.theorychecks import (NUMERIC_JACOBIAN_TOLERANCE, TOLERANCE, Tally, TheoryChecks, check_bn_layer,
                                          check_scale_invariant_weight, check_weight_layer)
 from minibn.optim import SGD
-from minibn.studies import common
+from minibn.studies import common, theory_report
 
 NETWORKS = ("dln", "mlp", "vgg")
 
@@ -193,15 +193,12 @@ def check(opts):
     if unknown:
         raise ValueError(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
     opts["networks"] = common.unique(opts["networks"])
-    common.check_seed(opts["seed"])
     return opts
 
 
 def execute(opts, command):
     """Every check on the random instances and the trained networks; writes results.json and (unless
     ``report`` is false) claims.json and report.md; returns what results.json holds."""
-    from minibn.studies import theory_report
-
     xp = backend.get(opts["backend"])
     start = time.time()
     tally = Tally()

@@ -44,7 +44,7 @@ from minibn.measure import ics, landscape, moments
 from minibn.nn import normalization
 from minibn.optim import SGD
 from minibn.results import Run, compared
-from minibn.studies import common
+from minibn.studies import common, vgg_report
 
 #: The variants a run may use; each experiment below names its own.
 VARIANTS = tuple(normalization.REGISTRY)
@@ -273,8 +273,6 @@ COST = {"noisy": 3, "standard_noisy": 2}
 
 def execute(opts, command):
     """Train the runs the experiments need and write the results, figures and report."""
-    from minibn.studies import vgg_report
-
     cfg = build_config(opts)
     runs = plan(cfg, opts["experiments"])
     tasks = [common.task(opts, cfg, name, spec=spec, module=normalization.get(spec["run"].variant).module)
