@@ -101,6 +101,10 @@ def shapes(ndim=2, channels=None, *, max_batch=6, max_size=3, max_channels=4, mi
     a tuple such as ``(2, 4)`` draws both), with ``channels`` fixed or drawn in
     ``1..max_channels`` and at least ``min_pooled`` values per channel (batch statistics need 2)."""
     ndims = _ndims(ndim)
+    for name, value in (("channels", channels), ("max_channels", max_channels), ("max_batch", max_batch),
+                        ("max_size", max_size), ("min_pooled", min_pooled)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"minibn.testing: {name} must be a positive integer, got {value!r}")
 
     @st.composite
     def draw_shape(draw):
@@ -188,6 +192,28 @@ def _contract(layer, x, mode, out_shape, rng, where):
     return float(abs(y).sum())
 
 
+def _deterministic(layer, x, mode, where):
+    """A gradient check is only meaningful on a function: forward in ``mode`` twice at the same input,
+    parameters and state (``layer.snapshot()`` puts them back, noise generators included), with the
+    other non-training modes run in between (they must change nothing a mode computes), gives the
+    same output bit for bit; GradcheckError naming the mode otherwise. Without this check every
+    mismatch of a non-function looks like a kink of a function."""
+    for checked in dict.fromkeys((mode, "eval")):   # eval too: a probe must change nothing eval computes
+        outputs = []
+        for between in ((), ("probe", "eval")):
+            with layer.snapshot():
+                for other in between:
+                    layer.forward(x, other)
+                outputs.append(backend.to_host(layer.forward(x, checked)).copy())
+        if not np.array_equal(*outputs, equal_nan=True):
+            gap = float(np.nanmax(abs(outputs[0] - outputs[1])))
+            raise GradcheckError(
+                f"{where}: forward in mode {checked!r} is not a function of its input, parameters and state: two "
+                f"calls at the same input, parameters and state (probe and eval run in between) gave outputs up to "
+                f"{gap:.3g} apart (randomness not drawn from a generator in the layer's state(), or state kept "
+                f"outside state(), e.g. a call counter or what a probe changes for eval?)")
+
+
 def check_layer_on(make_layer, x, *, modes=("train", "probe"), output_shape=None, seed=0, rtol=1e-5, atol=1e-8):
     """Check a layer at one float64 input ``x`` in each of ``modes``: a fresh
     ``make_layer(x.shape[-1])`` per mode (float64, parameters drawn with ``seed``), the layer
@@ -208,6 +234,7 @@ def check_layer_on(make_layer, x, *, modes=("train", "probe"), output_shape=None
         layer = _build(make_layer, x.shape[-1], rng)
         where = f"{layer.describe()} in mode {mode!r} on input shape {tuple(x.shape)}"
         output_size = _contract(layer, x, mode, out_shape, rng, where)
+        _deterministic(layer, x, mode, where)
         # The checked scalar sum(r * y) is rounded at ~1e-16 of sum|y| (r ~ N(0, 1)), which the
         # difference step 1e-6 amplifies 1e6 times: a derivative is only known to ~1e-9 sum|y|.
         floor = max(atol, 1e-9 * output_size)

@@ -266,3 +266,63 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, capsys):
 def test_the_readme_and_index_link_the_tutorial():
     assert "docs/your-own-layer.md" in (ROOT / "README.md").read_text(encoding="utf-8")
     assert "your-own-layer.md" in (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+
+
+# --- a non-function cannot pass: its mismatches are not kinks ----------------------------------
+
+class _CallCounter(Layer):
+    """y = n x at the n-th call: a hidden counter, and a backward that forgets it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def _forward(self, x, mode):
+        self.calls += 1
+        return x * float(self.calls), 0
+
+    def _backward(self, dy, cache):
+        return dy * 1.0, {}
+
+
+class _UnseededNoise(Layer):
+    """y = x * s with s drawn afresh, outside the layer's state; the backward ignores s."""
+
+    def _forward(self, x, mode):
+        return x * np.random.default_rng().standard_normal(x.shape), 0
+
+    def _backward(self, dy, cache):
+        return dy * 1.0, {}
+
+
+class _ProbeLeaksIntoEval(Layer):
+    """y = 2 x, except that eval adds what each probe call accumulated in a hidden attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = 0.0
+
+    def _forward(self, x, mode):
+        if mode == "probe":
+            self.shift += 1.0
+        return (x * 2.0 + self.shift if mode == "eval" else x * 2.0), 0
+
+    def _backward(self, dy, cache):
+        return dy * 2.0, {}
+
+
+@pytest.mark.parametrize("layer, mode", [(_CallCounter, "train"), (_UnseededNoise, "train"),
+                                         (_ProbeLeaksIntoEval, "eval")])
+def test_a_forward_that_is_not_a_function_fails_naming_the_mode(layer, mode):
+    with pytest.raises(GradcheckError, match=f"forward in mode '{mode}' is not a function"):
+        check_layer_property(lambda channels: layer(), max_examples=3, seed=0)
+
+
+def test_noise_drawn_from_the_layers_own_generator_passes():
+    check_layer_property(lambda channels: nn.NoisyBatchNorm(channels, rng=1), max_examples=5, seed=0)
+
+
+@pytest.mark.parametrize("option", ["channels", "max_channels", "max_batch"])
+def test_shape_options_are_checked_by_name(option):
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer, got 0"):
+        check_layer_property(lambda channels: nn.ReLU(), **{option: 0}) if option == "channels" else shapes(**{option: 0})
