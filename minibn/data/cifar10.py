@@ -281,6 +281,12 @@ def load(data_dir=None, train_size=None, test_size=None, dtype="float32", downlo
             raise ValueError(f"cifar10.load: {name} must be None or an integer >= 10, got {n!r}")
     raw = load_raw(data_dir, download=download, **download_kwargs)
     mean, std = channel_stats(raw["train_x"])
+    flat = [name for name, s in zip("RGB", std) if not s > 0]
+    if flat:
+        raise CIFARDataError(
+            f"CIFAR-10: every training image in {raw['folder']} ({', '.join(TRAIN_FILES)}) holds one value in channel(s) "
+            f"{', '.join(flat)}: standardizing divides by the channel's standard deviation, 0; the batch files are "
+            f"damaged or not CIFAR-10")
     out = {"mean": mean.tolist(), "std": std.tolist(), "folder": raw["folder"]}
     for split, n in (("train", train_size), ("test", test_size)):
         keep = balanced_subset(raw[f"{split}_y"], n)

@@ -186,3 +186,16 @@ def test_real_cifar10_matches_its_published_statistics():
     mean, std = cifar10.channel_stats(raw["train_x"])
     np.testing.assert_allclose(mean, [0.49139968, 0.48215841, 0.44653091], atol=1e-8)
     np.testing.assert_allclose(std, [0.24703223, 0.24348513, 0.26158784], atol=1e-8)
+
+
+def test_a_channel_without_variance_is_refused_naming_folder_and_channel(tmp_path):
+    folder = make_folder(tmp_path / "c")
+    for name in cifar10.TRAIN_FILES:   # the green plane of every training image set to one value
+        path = os.path.join(folder, name)
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = batch[b"data"].copy()
+        data[:, 1024:2048] = 77
+        write_batch(path, data, batch[b"labels"])
+    with pytest.raises(cifar10.CIFARDataError, match=r"holds one value in channel\(s\) G"):
+        cifar10.load(folder, download=False)
