@@ -248,6 +248,8 @@ class LpNorm(AffineNorm):
     Params ``"gamma"`` (=1), ``"beta"`` (=0); state ``running_mean`` (=0), ``running_norm`` (=1).
     """
 
+    inverse_spread = "inv_norm"
+
     buffers = ("running_mean", "running_norm")
 
     def __init__(self, num_features, p, eps=1e-5, momentum=0.1, *, dtype="float32", xp=None):

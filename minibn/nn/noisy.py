@@ -227,6 +227,9 @@ class NoisyBatchNorm(_NoiseSource, BatchNorm):
         da, _ = backward(dy, cache.noise)
         return super()._backward(da, cache.bn)
 
+    def _inverse_spread(self, cache):
+        return super()._inverse_spread(cache.bn)
+
     def _tangent_forward(self, x_t, params_t, cache):
         a_t, bn_tangent = super()._tangent_forward(x_t, params_t, cache.bn)
         return a_t * cache.noise.scale, bn_tangent

@@ -34,6 +34,7 @@ True
 
 import functools
 import importlib
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 from minibn import backend
@@ -114,6 +115,9 @@ class AffineNorm(Layer):
 
     buffers = ("running_mean", "running_var")
     pooled_view = staticmethod(channel_rows)
+    #: The field of the layer's cache holding the inverse of each statistic's spread (1/sigma, 1/rms,
+    #: 1/norm), which :meth:`forward` checks on the host.
+    inverse_spread = "inv_std"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, *, affine=True, dtype="float32", xp=None):
         super().__init__()
@@ -134,6 +138,27 @@ class AffineNorm(Layer):
             self.params["beta"] = xp.zeros(self.num_features, dtype=dtype)
         for buffer, initial in zip(self.buffers, (0.0, 1.0)):
             setattr(self, buffer, xp.full(self.num_features, initial, dtype=dtype))
+
+    def forward(self, x, mode="train"):
+        """The layer's forward (:meth:`Layer.forward`), and on the host a warning, once per layer, when a
+        statistic's spread is not finite: the squares of float32 values beyond about 1.8e19 overflow,
+        and the output is then beta, its gradient 0, silently. On a GPU the check is left out (it
+        would make the step wait for the device at every layer)."""
+        y = super().forward(x, mode)
+        if not getattr(self, "_warned_spread", False) and backend.array_module(x) is backend.host:
+            inverse = self._inverse_spread(self._cache)
+            if inverse is not None and not backend.host.minimum.reduce(inverse, axis=None) > 0:   # NaN fails too
+                warnings.warn(f"{self.describe()}: the spread of its {x.dtype} input's statistics is not finite in "
+                              f"mode {mode!r} (inputs of magnitude up to {float(abs(x).max()):.3g}: their squares "
+                              f"overflow, or the input holds inf or NaN); those statistics normalize to 0, the output "
+                              f"is beta and the gradient 0; compute in float64 (model.astype('float64')) or rescale "
+                              f"the input", RuntimeWarning, stacklevel=2)
+                self._warned_spread = True
+        return y
+
+    def _inverse_spread(self, cache):
+        """The :attr:`inverse_spread` field of the layer's cache (a :class:`ModeCache`'s or the core's)."""
+        return getattr(getattr(cache, "cache", cache), self.inverse_spread, None)
 
     def describe(self):
         momentum = f", momentum={self.momentum:g}" if self.buffers else ""

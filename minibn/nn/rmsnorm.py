@@ -120,6 +120,8 @@ class RMSNorm(AffineNorm):
     """``RMSNorm(normalized_features, eps=1e-5)``: params ``"gamma"`` (=1), ``"beta"`` (=0) per
     feature (the last axis, which must have ``normalized_features`` entries); no state."""
 
+    inverse_spread = "inv_rms"
+
     buffers = ()
 
     def __init__(self, normalized_features, eps=1e-5, *, dtype="float32", xp=None):
