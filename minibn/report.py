@@ -26,11 +26,17 @@ PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9", "#b8860b"
 
 @functools.lru_cache(maxsize=None)
 def _pyplot():
-    import matplotlib
+    """matplotlib's pyplot on the Agg backend: figures are files, whatever MPLBACKEND the shell sets
+    (matplotlib reads it when it is first imported, and refuses a name it does not know)."""
+    asked = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    finally:
+        if asked is not None:
+            os.environ["MPLBACKEND"] = asked
     return plt
 
 
@@ -244,10 +250,12 @@ def write_markdown(folder, text):
     io.write_text(os.path.join(folder, "report.md"), text)
 
 
-def main(prog, write, argv=None):
-    """``python -m PROG DIR``: rebuild DIR's figures, claims.json and report.md with ``write(DIR, doc,
-    arrays)`` from DIR's results alone (:func:`minibn.results.read`); the exit status. A folder
-    without results.json is a usage error; a damaged results file, a one-line error naming it."""
+def main(prog, write, study, argv=None):
+    """``python -m PROG DIR``: rebuild the figures, claims.json and report.md of DIR, a folder of the
+    study ``study``, with ``write(DIR, doc, arrays)`` from DIR's results alone
+    (:func:`minibn.results.read`); the exit status. A folder without results.json, or of another
+    study, is a usage error (2); a damaged results file or a folder that cannot be written is one
+    line (1). Nothing is written before the folder's results are read and known to be ``study``'s."""
     p = argparse.ArgumentParser(prog=f"python -m {prog}",
                                 description="Rebuild the figures, claims.json and report.md of a results folder from "
                                             "its results.json (and results.npz, where there is one) alone.")
@@ -258,8 +266,17 @@ def main(prog, write, argv=None):
     try:
         doc, arrays = results.read(folder)
     except io.DamagedFile as err:
-        sys.exit(f"error: {err}; run the study's command again with --resume to rewrite it from the runs "
-                 f"it kept, or give another folder")
-    write(folder, doc, arrays)
+        print(f"error: {err}; run the study's command again with --resume to rewrite it from the runs it kept, "
+              f"or give another folder", file=sys.stderr)
+        return 1
+    if doc.get("study") != study:
+        p.error(f"{folder} holds {'a ' + str(doc['study']) + ' study' if doc.get('study') else 'no study'}'s "
+                f"results, not a {study} study's: its report command is python -m minibn.studies."
+                f"{doc.get('study', 'NAME')}_report")
+    try:
+        write(folder, doc, arrays)
+    except OSError as err:
+        print(f"error: the report of {folder} could not be written: {err}", file=sys.stderr)
+        return 1
     print(os.path.join(folder, "report.md"))
     return 0

@@ -50,8 +50,11 @@ def read(folder):
     """``(doc, arrays)``: ``folder/results.json`` and the arrays of ``folder/results.npz`` ({} without
     one); :class:`minibn.io.DamagedFile` naming the file that cannot be read."""
     doc = io.read_json(os.path.join(folder, "results.json"))
+    path = os.path.join(folder, "results.json")
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise io.DamagedFile(f"{os.path.join(folder, 'results.json')} is damaged (no 'config' record)")
+        raise io.DamagedFile(f"{path} is damaged (no 'config' record)")
+    if "checks" not in doc and not (isinstance(doc.get("runs"), dict) and doc["runs"]):   # theory: checks, no runs
+        raise io.DamagedFile(f"{path} is damaged (it records no runs)")
     npz = os.path.join(folder, "results.npz")
     arrays = {}
     if os.path.exists(npz):

@@ -35,7 +35,7 @@ def test_windows_and_tails():
 
 
 def test_reading_a_folder_and_an_older_vgg_npz(tmp_path):
-    doc = {"study": "x", "config": {"seeds": [0]}, "runs": {}}
+    doc = {"study": "x", "config": {"seeds": [0]}, "runs": {"a_lr0.1_seed0": {"variant": "a", "lr": 0.1, "seed": 0}}}
     results.write(str(tmp_path), doc, {"a_lr0.1_seed0/moments/1": np.arange(3.0)})
     back, arrays = results.read(str(tmp_path))
     assert back == doc and list(arrays) == ["a_lr0.1_seed0/moments/1"]

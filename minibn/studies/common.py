@@ -21,15 +21,18 @@ import argparse
 import functools
 import importlib
 import inspect
+import numbers
 import os
+import shlex
+import signal
 import platform
 import sys
 import time
-import traceback
-import uuid
 from typing import Any, NamedTuple, Optional
 
 from minibn import backend, io, results
+from minibn.studies import folder
+from minibn.studies.workers import EXECUTORS, Failure, check_executor, describe_executor, run_tasks
 
 _AS_DEFAULT = object()
 
@@ -75,10 +78,6 @@ def shared_options(default_out, resume=True, runs=True):
     return tuple(out)
 
 
-#: Where a study's runs go (:func:`run_tasks`).
-EXECUTORS = ("local", "dask")
-
-
 def parser(study):
     """The command line of the study module ``study``, from its ``OPTIONS``."""
     p = argparse.ArgumentParser(prog=f"python -m {study.__name__}", description=study.__doc__.split("\n\n")[0])
@@ -120,10 +119,9 @@ def checked(study, opts):
     opts = study.check(opts)
     check_backend(opts["backend"])
     if "seed" in opts:
-        check_seed(opts["seed"])
+        opts["seed"] = check_seed(opts["seed"])
     if "seeds" in opts:
-        if isinstance(opts["seeds"], bool) or not isinstance(opts["seeds"], int) or opts["seeds"] < 1:
-            raise ValueError(f"--seeds must be an integer >= 1, got {opts['seeds']!r}")
+        opts["seeds"] = check_positive("seeds", opts["seeds"], allow_none=False)
     if "executor" in opts:
         check_executor(opts["executor"], opts["scheduler"], opts["backend"])
     opts["out"] = opts["out"] or study.DEFAULT_OUT.format(**opts)
@@ -141,17 +139,24 @@ def _study(module):
 
 def run(module, given):
     """``module.run(**given)``: the options completed and checked (ValueError before any work), then
-    the study carried out; returns what results.json holds."""
+    the study carried out in its locked folder; returns what results.json holds."""
     study = _study(module)
     module = study.__name__
     opts = checked(study, options(study, given))
     call = ", ".join(f"{k}={v!r}" for k, v in given.items())
-    return study.execute(opts, f"{module}.run({call})")
+    return _execute(study, opts, f"{module}.run({call})")
+
+
+def _execute(study, opts, command):
+    """``study.execute(opts, command)`` holding ``out``'s lock (shared by the processes of a study split
+    with ``only``, which lock their runs instead)."""
+    with folder.locked(os.path.join(opts["out"], ".lock"), shared=bool(opts.get("only"))):
+        return study.execute(opts, command)
 
 
 def main(module, argv=None):
     """``python -m MODULE ARGV``: the options parsed and checked (a usage error, exit status 2), the
-    study carried out under :func:`main_guard`; the exit status."""
+    study carried out under :func:`main_guard` (SIGTERM as Ctrl-C); the exit status."""
     study = _study(module)
     module = study.__name__
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -160,8 +165,8 @@ def main(module, argv=None):
         opts = checked(study, vars(p.parse_args(argv)))
     except ValueError as err:
         p.error(str(err))
-    command = " ".join(["python -m", module, *argv])
-    return main_guard(lambda: study.execute(opts, command), opts["out"], command)
+    command = shlex.join(["python", "-m", module, *argv])
+    return main_guard(lambda: _execute(study, opts, command), opts["out"], command)
 
 
 def entry_points(module, study_options):
@@ -182,18 +187,37 @@ def entry_points(module, study_options):
     return run_study, main_study
 
 
+def _integer(value):
+    """``value`` as a Python int when it is an integer (NumPy's included, a bool not), else None."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
 def check_seed(seed):
-    """Raise ValueError naming --seed unless it is an integer >= 0 (what NumPy's generators take)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    """``seed`` as an int, or ValueError naming --seed unless it is an integer >= 0 (what NumPy's
+    generators take; NumPy integers too)."""
+    value = _integer(seed)
+    if value is None or value < 0:
         raise ValueError(f"--seed must be an integer >= 0, got {seed!r}")
+    return value
 
 
 def check_positive(name, value, allow_none=True):
-    """Raise ValueError naming --NAME unless ``value`` is an integer >= 1 (or None, where allowed)."""
+    """``value`` as an int, or ValueError naming --NAME unless it is an integer >= 1 (or None, where
+    allowed)."""
     if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    number = _integer(value)
+    if number is None or number < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    return number
+
+
+def check_count(name, value):
+    """``value`` as an int, or ValueError naming --NAME unless it is an integer >= 0."""
+    number = _integer(value)
+    if number is None or number < 0:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 0, got {value!r}")
+    return number
 
 
 def check_lr(name, value):
@@ -229,9 +253,10 @@ def check_jobs(jobs, backend_name="numpy", executor="local"):
     with the Dask executor: its local cluster sizes itself to the machine)."""
     if jobs is None:
         return None if executor == "dask" else default_jobs(backend_name)
-    if isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    return int(jobs)
+    number = _integer(jobs)
+    if number is None or number < 1:
+        raise ValueError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    return number
 
 
 def unique(values):
@@ -321,204 +346,8 @@ def gpu_environment():
             "device_memory_gib": round(props["totalGlobalMem"] / 2**30, 2)}
 
 
-def record_config(out, cfg, resume, may_change=()):
-    """Write ``out/config.json``. With ``resume``, first refuse (exit with an error) settings that
-    differ from those of the study already in ``out``, except the keys in ``may_change``."""
-    path = os.path.join(out, "config.json")
-    if resume and os.path.exists(path):
-        old, new = read_config(path), io.jsonable(cfg)
-        changed = sorted(k for k in set(old) | set(new) if k not in may_change and old.get(k) != new.get(k))
-        if changed:
-            sys.exit(f"error: --resume with settings that differ from the study in {out} ({', '.join(changed)}); "
-                     f"use the same options or another --out")
-    io.write_json(path, cfg)
-
-
-class Failure:
-    """What a run that raised returns in place of its result: the one-line error, and the
-    traceback for the log file (never the terminal)."""
-
-    def __init__(self, err):
-        self.error = f"{type(err).__name__}: {err}" if not isinstance(err, (OSError, ValueError)) else str(err)
-        self.damaged = isinstance(err, io.DamagedFile)
-        self.traceback = traceback.format_exc()
-
-
 class StudyFailed(RuntimeError):
     """Some runs failed; the message says which, why, where the tracebacks are and how to continue."""
-
-
-def _guarded(fn, item):
-    try:
-        return fn(item)
-    except Exception as err:  # a run's failure is reported with the others', not raised mid-study
-        return Failure(err)
-
-
-def _indexed_call(task):
-    fn, index, item = task
-    return index, _guarded(fn, item)
-
-
-def in_workers(fn, items, workers):
-    """Yield ``(item, fn(item))`` as each finishes, in ``workers`` spawned processes with one BLAS
-    thread each (two BLAS threads per process on a busy 2-core machine run several times slower
-    than one), or in this process, in order, when ``workers`` is 1. An item that raises yields a
-    :class:`Failure` and the others carry on; Ctrl-C terminates the workers at once, whatever
-    they checkpointed stays."""
-    if workers == 1 or len(items) <= 1:
-        for item in items:
-            yield item, _guarded(fn, item)
-        return
-    import multiprocessing
-
-    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    for k, v in saved.items():
-        os.environ[k] = v or "1"  # spawned workers read these before they import NumPy
-    pool = multiprocessing.get_context("spawn").Pool(workers)
-    try:
-        for index, result in pool.imap_unordered(_indexed_call, [(fn, i, item) for i, item in enumerate(items)]):
-            yield items[index], result
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-    pool.close()
-    pool.join()
-
-
-def check_executor(executor, scheduler, backend_name="numpy"):
-    """Raise ValueError naming the option, before any work, when the runs cannot go where asked:
-    --scheduler without --executor dask, Dask not installed, dask-cuda missing for a local GPU
-    cluster, or no scheduler answering at ``scheduler`` within Dask's connect timeout
-    (``distributed.comm.timeouts.connect``, 30 s unless configured)."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if executor == "local":
-        if scheduler is not None:
-            raise ValueError(f"--scheduler {scheduler} needs --executor dask")
-        return
-    distributed = _import_distributed()
-    if scheduler is None:
-        if backend_name == "cupy":
-            _import_local_cuda_cluster()
-        return
-    try:
-        client = distributed.Client(scheduler)
-    except (OSError, ValueError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"--scheduler {scheduler}: no Dask scheduler answered ({reason})") from None
-    client.close()
-
-
-def _import_distributed():
-    try:
-        import distributed
-    except ImportError as err:
-        raise ValueError(f"--executor dask needs Dask's distributed scheduler, which is not installed ({err}): "
-                         f"pip install 'minibn[dask]'") from None
-    return distributed
-
-
-def _import_local_cuda_cluster():
-    try:
-        from dask_cuda import LocalCUDACluster
-    except ImportError as err:
-        raise ValueError(f"--executor dask on --backend cupy starts one worker per GPU with dask-cuda, which is not "
-                         f"installed ({err}): pip install dask-cuda, or give --scheduler of a cluster you "
-                         f"started") from None
-    return LocalCUDACluster
-
-
-def describe_executor(executor, jobs, scheduler):
-    """Where the runs go, for a study's opening line."""
-    if executor == "local":
-        return f"{jobs} at a time"
-    if scheduler:
-        return f"as Dask tasks on the scheduler at {scheduler}"
-    return f"as Dask tasks on a local cluster of {jobs or 'one worker per core (per GPU on cupy)'} worker(s)"
-
-
-def run_tasks(fn, items, executor="local", workers=None, scheduler=None, backend_name="numpy"):
-    """Yield ``(item, fn(item))`` as each run finishes, in :func:`in_workers` (``executor="local"``)
-    or as Dask tasks (:func:`in_dask`). An item is one run: a dict with at least ``name``, ``out``
-    and ``resume``, whose folder is ``out/runs/name``."""
-    if executor == "dask":
-        yield from in_dask(fn, items, workers, scheduler, backend_name)
-    else:
-        yield from in_workers(fn, items, workers)
-
-
-def in_dask(fn, items, workers=None, scheduler=None, backend_name="numpy"):
-    """Yield ``(item, fn(item))`` as each finishes, each item one Dask task: on the cluster of the
-    scheduler at ``scheduler``, or on a local one started here and closed at the end
-    (:func:`local_cluster`). Every worker must see ``item["out"]`` (made absolute: a remote worker
-    starts in another folder). A task whose worker dies is started again by Dask and resumes from
-    the checkpoint its first attempt wrote (:func:`_restartable`); a run that fails, or that Dask
-    gives up on (``distributed.scheduler.allowed-failures`` workers died running it), yields a
-    :class:`Failure`. Ctrl-C cancels the tasks; a task already running on a remote worker runs
-    on to its end (Dask does not interrupt a running task) and writes its result as usual."""
-    distributed = _import_distributed()
-    cluster = None if scheduler else local_cluster(workers, backend_name)
-    client = distributed.Client(scheduler or cluster)
-    submission = uuid.uuid4().hex
-    index = {}
-    try:
-        for i, item in enumerate(items):
-            task = {**item, "out": os.path.abspath(item["out"])}
-            future = client.submit(_guarded, functools.partial(_restartable, fn, submission), task,
-                                   key=f"minibn-{item['name']}-{submission}")
-            index[future] = i
-        for future in distributed.as_completed(list(index)):
-            try:
-                result = future.result()
-            except Exception as err:  # the task never raises (_guarded): Dask gave it up (KilledWorker)
-                result = Failure(err)
-            yield items[index[future]], result
-    except BaseException:
-        client.cancel(list(index))
-        raise
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-def local_cluster(workers=None, backend_name="numpy"):
-    """A Dask cluster on this machine, on the loopback interface, without a dashboard: ``workers``
-    worker processes (None: one per core) of one thread each, BLAS threads as :func:`in_workers`
-    sets them; on CuPy one worker per GPU (``workers``: the first that many), each pinned to its
-    device by dask-cuda."""
-    if backend_name == "cupy":
-        return _import_local_cuda_cluster()(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
-                                            dashboard_address=None)
-    import distributed
-
-    blas = {k: os.environ.get(k) or "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                    host="127.0.0.1", dashboard_address=None, env=blas)
-
-
-def _restartable(fn, submission, item):
-    """``fn(item)`` in a task Dask may start twice: when the worker running it dies, Dask starts it
-    again on another. The run's folder records which submission last started it (attempt.json:
-    submission, attempt, host, pid); a task finding its own submission there resumes from the
-    checkpoint its earlier attempt wrote, where a study started anew without --resume would not
-    trust a checkpoint it finds."""
-    folder = os.path.join(item["out"], "runs", item["name"])
-    marker = os.path.join(folder, "attempt.json")
-    try:
-        last = io.read_json(marker)
-    except (OSError, io.DamagedFile):
-        last = {}
-    again = last.get("submission") == submission
-    os.makedirs(folder, exist_ok=True)
-    io.write_json(marker, {"submission": submission, "attempt": last["attempt"] + 1 if again else 1,
-                           "host": platform.node(), "pid": os.getpid()})
-    return fn({**item, "resume": True} if again else item)
 
 
 def resume_command(command):
@@ -534,15 +363,30 @@ def failures_of(results):
     return {name: r for name, r in results.items() if isinstance(r, Failure)}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, ``kill PID``), handled as Ctrl-C is."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main_guard(run, out, command):
     """Call ``run()`` as a study's command line does: its exit status, with failures reported in
-    a few lines (tracebacks in the folder's errors.log) instead of a traceback, Ctrl-C included."""
+    a few lines (tracebacks in the folder's errors.log) instead of a traceback. Ctrl-C and SIGTERM
+    stop the workers and say how to continue (exit status 130 and 143); a folder that cannot take
+    the study is one line (exit status 2)."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs and checkpoints are kept in {out}; continue with: "
+    except KeyboardInterrupt as err:
+        what = "terminated" if isinstance(err, Terminated) else "interrupted"
+        print(f"\n{what}: finished runs and checkpoints are kept in {out}; continue with: "
               f"{resume_command(command)}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(err, Terminated) else 130
+    except folder.Refused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except StudyFailed as err:
         print(err, file=sys.stderr)
         return 1
@@ -550,6 +394,8 @@ def main_guard(run, out, command):
         print(f"error: {err}\nfinished runs and checkpoints are kept; fix the cause and continue with: "
               f"{resume_command(command)}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -575,14 +421,6 @@ def raise_failures(out, failures, resume):
     raise StudyFailed("\n".join(lines))
 
 
-def read_config(path):
-    """``out/config.json`` for --resume; exits with an error naming it when it is damaged."""
-    try:
-        return io.read_json(path)
-    except io.DamagedFile as err:
-        sys.exit(f"error: --resume: {err}; start a new --out (or delete the folder to start over)")
-
-
 # --- a study of independent runs --------------------------------------------------------------
 
 def in_parallel(opts):
@@ -596,23 +434,28 @@ def task(opts, cfg, name, **fields):
     return {"name": name, "config": cfg, "out": opts["out"], "resume": opts["resume"], **fields}
 
 
-def train_runs(title, opts, cfg, tasks, fn, command, may_change=(), order=None):
-    """Record ``cfg`` in ``out/config.json`` (:func:`record_config`), train every task with ``fn`` where
-    ``opts`` sends them (:func:`run_tasks`; in the order ``order(tasks)`` gives, where given) and
-    return ``({name: result} in the order of tasks, wall seconds)``; :class:`StudyFailed` when some
-    runs failed (their tracebacks in ``out/errors.log``)."""
+def train_runs(study, title, opts, cfg, tasks, fn, command, may_change=(), order=None, labels=()):
+    """Record the study in ``out/config.json`` (:func:`minibn.studies.folder.record_study`: refused for
+    another study's folder or other settings), train every task with ``fn`` in its run folder
+    (:func:`minibn.studies.folder.in_run_folder`: resumed only from a folder recording the same
+    settings; ``labels``: task fields left out of a run's record) where ``opts`` sends them (:func:`run_tasks`; in the order ``order(tasks)`` gives,
+    where given), check every run's record again, and return ``({name: result} in the order of
+    tasks, wall seconds)``; :class:`StudyFailed` when some runs failed (their tracebacks in
+    ``out/errors.log``) or are not what they say."""
     from tqdm.auto import tqdm
 
     out, jobs, executor = opts["out"], opts["jobs"], opts["executor"]
-    record_config(out, cfg, opts["resume"], may_change)
+    folder.record_study(out, study, cfg, opts["resume"], may_change)
+    for t in tasks:
+        t["record"] = folder.run_record(study, cfg, may_change, t, labels)
     print(f"{title}: {len(tasks)} runs on {opts['backend']}, {describe_executor(executor, jobs, opts['scheduler'])}"
           f" -> {out}", flush=True)
     started = time.perf_counter()
     parallel = in_parallel(opts)
     finished = {}
     bar = tqdm(total=len(tasks), desc="runs", disable=None)
-    for t, result in run_tasks(fn, order(tasks) if order else tasks, executor, jobs, opts["scheduler"],
-                               opts["backend"]):
+    for t, result in run_tasks(functools.partial(folder.in_run_folder, fn), order(tasks) if order else tasks,
+                               executor, jobs, opts["scheduler"], opts["backend"]):
         finished[t["name"]] = result
         bar.update()
         if parallel:
@@ -620,6 +463,11 @@ def train_runs(title, opts, cfg, tasks, fn, command, may_change=(), order=None):
                       f"({len(finished)}/{len(tasks)})")
     bar.close()
     raise_failures(out, failures_of(finished), resume_command(command))
+    wrong = folder.check_runs(tasks, finished)
+    if wrong:
+        raise StudyFailed("\n".join(["error: results.json not written: some runs are not what they say:",
+                                      *(f"  {line}" for line in wrong),
+                                      f"continue with: {resume_command(command)}"]))
     return {t["name"]: finished[t["name"]] for t in tasks}, time.perf_counter() - started
 
 

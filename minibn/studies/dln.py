@@ -181,7 +181,7 @@ def check(opts):
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {opts['preset']!r}")
     if opts["lr"] is not None:
         opts["lr"] = common.unique(common.check_lr("lr", lr) for lr in opts["lr"])
-    common.check_positive("steps", opts["steps"])
+    opts["steps"] = common.check_positive("steps", opts["steps"])
     opts["variants"] = common.check_variants(opts["variants"], opts["jobs"], opts["executor"])
     return opts
 
@@ -217,7 +217,7 @@ def execute(opts, command):
 
     # runs are named by variant, LR and seed, so the seed list may grow or shrink on resume;
     # every other setting must match the runs already in the folder
-    runs, wall = common.train_runs(f"dln study, preset {opts['preset']} ({cfg['steps']} steps)", opts, cfg, tasks,
+    runs, wall = common.train_runs("dln", f"dln study, preset {opts['preset']} ({cfg['steps']} steps)", opts, cfg, tasks,
                                    run_one, command, may_change=("seeds", "default_variants"), order=order)
     doc = common.document("dln", opts, cfg, runs, command, wall)
     return common.write_results(opts, doc, split_run, dln_report)

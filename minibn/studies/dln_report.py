@@ -340,7 +340,7 @@ def report_markdown(doc, records=None, carried=None):
 
 def main(argv=None):
     """``python -m minibn.studies.dln_report DIR``: rebuild DIR's figures and report.md from its results."""
-    return report.main("minibn.studies.dln_report", write, argv)
+    return report.main("minibn.studies.dln_report", write, "dln", argv)
 
 
 if __name__ == "__main__":

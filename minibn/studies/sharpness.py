@@ -314,7 +314,7 @@ def execute(opts, command):
     """Train the runs of every chosen part and write the results, figures and report."""
     cfg = build_config(opts)
     tasks = plan(cfg, opts)
-    runs, wall = common.train_runs(f"sharpness study, preset {opts['preset']} ({', '.join(cfg['parts'])})", opts, cfg,
+    runs, wall = common.train_runs("sharpness", f"sharpness study, preset {opts['preset']} ({', '.join(cfg['parts'])})", opts, cfg,
                                    tasks, run_one, command, may_change=("seeds", "parts", "data_dir"),
                                    order=lambda tasks: sorted(tasks, key=lambda t: (t["seed"], -COST[t["part"]])))
     doc = common.document("sharpness", opts, cfg, runs, command, wall)

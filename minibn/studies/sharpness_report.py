@@ -326,7 +326,7 @@ def write(out, doc, arrays=None):
 
 def main(argv=None):
     """``python -m minibn.studies.sharpness_report DIR``: rebuild DIR's figures and report.md from its results."""
-    return report.main("minibn.studies.sharpness_report", write, argv)
+    return report.main("minibn.studies.sharpness_report", write, "sharpness", argv)
 
 
 if __name__ == "__main__":

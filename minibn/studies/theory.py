@@ -43,7 +43,7 @@ from minibn.data.synthetic import linear_regression
 from minibn.measure.theorychecks import (NUMERIC_JACOBIAN_TOLERANCE, TOLERANCE, Tally, TheoryChecks, check_bn_layer,
                                          check_scale_invariant_weight, check_weight_layer)
 from minibn.optim import SGD
-from minibn.studies import common, theory_report
+from minibn.studies import common, folder, theory_report
 
 NETWORKS = ("dln", "mlp", "vgg")
 
@@ -185,10 +185,9 @@ DEFAULT_OUT = os.path.join("runs", "theory")
 def check(opts):
     """The theory study's own options checked (:func:`minibn.studies.common.checked` does the rest)."""
     for option in ("instances", "steps"):
-        if isinstance(opts[option], bool) or not isinstance(opts[option], int) or opts[option] < 0:
-            raise ValueError(f"--{option} must be an integer >= 0, got {opts[option]!r}")
+        opts[option] = common.check_count(option, opts[option])
     for option in ("every", "units"):
-        common.check_positive(option, opts[option], allow_none=False)
+        opts[option] = common.check_positive(option, opts[option], allow_none=False)
     unknown = [n for n in opts["networks"] if n not in NETWORKS]
     if unknown:
         raise ValueError(f"unknown network(s) {unknown}; choose from {list(NETWORKS)}")
@@ -199,6 +198,9 @@ def check(opts):
 def execute(opts, command):
     """Every check on the random instances and the trained networks; writes results.json and (unless
     ``report`` is false) claims.json and report.md; returns what results.json holds."""
+    settings = {key: opts[key] for key in ("seed", "backend", "instances", "steps", "every", "units")}
+    settings["networks"] = list(opts["networks"])
+    folder.record_study(opts["out"], "theory", settings, resume=False)
     xp = backend.get(opts["backend"])
     start = time.time()
     tally = Tally()
@@ -229,9 +231,8 @@ def execute(opts, command):
                          "loss_at_checked_steps": checked["loss"],
                          "bn_layers": sum(isinstance(layer, nn.BatchNorm) for layer in model),
                          "diverged_at": res["diverged_at"]}
-    config = {key: opts[key] for key in ("seed", "backend", "instances", "steps", "every", "units")}
-    config.update(networks=list(opts["networks"]), command=command, wall_s=time.time() - start,
-                  environment=common.environment(opts["backend"]))
+    config = {**settings, "command": command, "wall_s": time.time() - start,
+              "environment": common.environment(opts["backend"])}
     doc = {"study": "theory", "config": config, **tally.results(), "networks": trained}
     for c in doc["checks"]:
         print(f"{c['name']:18s} holds={str(c['holds']):5s} instances={c['instances']:6d} max_rel_err={c['max_rel_err']:.3g}")

@@ -157,7 +157,7 @@ def write(out, doc, arrays=None):
 
 def main(argv=None):
     """``python -m minibn.studies.theory_report DIR``: rebuild DIR/report.md from its results."""
-    return report.main("minibn.studies.theory_report", write, argv)
+    return report.main("minibn.studies.theory_report", write, "theory", argv)
 
 
 if __name__ == "__main__":

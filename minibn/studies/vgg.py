@@ -155,7 +155,7 @@ def run_one(job):
     folder = os.path.join(job["out"], "runs", name)
     done = os.path.join(folder, "result.json")
     if job["resume"] and os.path.exists(done):
-        return io.read_json(done)
+        return {**io.read_json(done), "experiments": job["experiments"]}
     os.makedirs(folder, exist_ok=True)
     xp = backend.get(cfg["backend"])
     data = load_data(cfg["data_dir"], cfg["train_size"], cfg["eval_test_size"], cfg["eval_train_size"])
@@ -192,7 +192,7 @@ def run_one(job):
                       diverge_above=DIVERGED_LOSS)
     record = out["callbacks"]
     result = {
-        "variant": run.variant, "lr": lr, "seed": seed, "experiments": spec["experiments"],
+        "variant": run.variant, "lr": lr, "seed": seed, "experiments": job["experiments"],
         "steps": out["steps"], "loss": out["loss"], "diverged_at": out["diverged_at"],
         "eval_steps": out["eval_steps"], **{k: out["eval"].get(k, []) for k in
                                            ("train_acc", "test_acc", "train_loss", "test_loss")},
@@ -239,7 +239,7 @@ def check(opts):
     for key in ("lr", "lr_high", "lr_low"):
         if opts[key] is not None:
             opts[key] = common.check_lr(key, opts[key])
-    common.check_positive("steps", opts["steps"])
+    opts["steps"] = common.check_positive("steps", opts["steps"])
     opts["variants"] = common.check_variants(opts["variants"], opts["jobs"], opts["executor"])
     try:
         opts["data_dir"] = cifar10.locate(opts["data_dir"])
@@ -275,7 +275,8 @@ def execute(opts, command):
     """Train the runs the experiments need and write the results, figures and report."""
     cfg = build_config(opts)
     runs = plan(cfg, opts["experiments"])
-    tasks = [common.task(opts, cfg, name, spec=spec, module=normalization.get(spec["run"].variant).module)
+    tasks = [common.task(opts, cfg, name, spec={k: v for k, v in spec.items() if k != "experiments"},
+                         experiments=spec["experiments"], module=normalization.get(spec["run"].variant).module)
              for name, spec in runs.items() if not opts["only"] or name in opts["only"]]
 
     def order(tasks):  # seed by seed, so an interrupted study leaves whole seeds; the costliest first
@@ -284,9 +285,14 @@ def execute(opts, command):
 
     # runs are named by variant, LR and seed, so the seeds and added variants may change on resume
     title = f"vgg study, preset {opts['preset']} ({', '.join(opts['experiments'])}, {cfg['steps']} steps)"
-    results_, wall = common.train_runs(title, opts, cfg, tasks, run_one, command, may_change=("seeds", "variants"),
-                                       order=order)
+    # which experiments use a run changes nothing of its training: a resumed run is kept when they change
+    results_, wall = common.train_runs("vgg", title, opts, cfg, tasks, run_one, command, may_change=("seeds", "variants"),
+                                       order=order, labels=("experiments",))
     doc = common.document("vgg", opts, cfg, results_, command, wall, experiments=opts["experiments"])
+    if opts["only"]:   # the other processes of the split may still be training theirs
+        print(f"trained {len(results_)} runs of the plan (--only); the study's results.json and report: the same "
+              f"command with --resume and without --only, once every run is trained", flush=True)
+        return io.jsonable(doc)
     return common.write_results(opts, doc, split_run, vgg_report)
 
 

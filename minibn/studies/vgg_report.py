@@ -42,12 +42,10 @@ def aligned(runs, steps_of, values_of, missing=None):
     return steps, [c + [missing] * (len(steps) - len(c)) for c in curves]
 
 
-def samples(run, conv_layer, arrays, name):
-    """(points, n_samples) activation samples of one conv layer (NaN where not finite)."""
-    key = f"{name}/moments/{conv_layer}"
-    if key in arrays:
-        return arrays[key]
-    return stack_ragged(moment_series(run, conv_layer).get("samples", []))
+def samples(arrays, name, conv_layer):
+    """(points, n_samples) activation samples of one conv layer of the run ``name`` (NaN where not
+    finite); none (zero points) where results.npz has none."""
+    return arrays.get(f"{name}/moments/{conv_layer}", np.zeros((0, 0)))
 
 
 def moving_average(values, k=50):
@@ -117,7 +115,7 @@ def fig_histograms(doc, arrays, path, variants, paper_layers, lr):
     for ax, layer in zip(axes[0], layers):
         for v in variants:
             runs = runs_over_seeds(doc, v, lr)
-            last = [samples(run, layer, arrays, name_of(doc, run))[-1] for run in runs]
+            last = [a[-1] for a in (samples(arrays, name_of(doc, run), layer) for run in runs) if len(a)]
             if last:
                 report.histogram_with_band(ax, stack_ragged(last), label(v), color(v))
         ax.set_title(f"conv layer {layer}: pre-activations at the last step")
@@ -136,7 +134,7 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
             ax = axes[row, col]
             # per measured step, one row of samples per seed (a seed that diverged earlier: none)
             steps, by_seed = aligned(runs, lambda run: run["moments"]["steps"],
-                                     lambda run: list(samples(run, layer, arrays, name_of(doc, run))), [])
+                                     lambda run: list(samples(arrays, name_of(doc, run), layer)), [])
             report.ridge(ax, [stack_ragged(rows) for rows in zip(*by_seed)], steps, color=color(v), bins=25)
             ax.set_title(f"{label(v)}, layer {layer}", fontsize=9)
     report.save(fig, path)
@@ -341,6 +339,11 @@ def write(out, doc, arrays):
     made = []
 
     def make(name, fn, *args):
+        if fn in NEEDS_ARRAYS and not arrays:   # a folder kept without its results.npz: the figure stays
+            print(f"{out} has no results.npz: {name}.png is left as it is")
+            if os.path.exists(path(name)):
+                made.append(name)
+            return
         fn(doc, *args) if fn not in NEEDS_ARRAYS else fn(doc, arrays, *args)
         made.append(name)
 
@@ -378,7 +381,7 @@ NEEDS_ARRAYS = (fig_histograms, fig_ridges)
 
 def main(argv=None):
     """``python -m minibn.studies.vgg_report DIR``: rebuild DIR's figures and report.md from its results."""
-    return report.main("minibn.studies.vgg_report", write, argv)
+    return report.main("minibn.studies.vgg_report", write, "vgg", argv)
 
 
 if __name__ == "__main__":

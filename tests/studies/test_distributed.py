@@ -19,7 +19,7 @@ import pytest
 
 from minibn import backend, io
 from minibn.results import Run
-from minibn.studies import common, dln, vgg
+from minibn.studies import common, dln, vgg, workers
 from tests.data.test_cifar10 import make_folder
 
 NEEDS_DASK = "the Dask tests need pip install 'minibn[dask]' (the test extra installs it)"
@@ -111,7 +111,7 @@ def test_a_restarted_task_resumes_only_within_its_own_submission(tmp_path):
     seen = []
     item = {"name": "r", "out": str(tmp_path), "resume": False}
     for submission in ("first", "first", "second"):
-        common._restartable(seen.append, submission, item)
+        workers._restartable(seen.append, submission, item)
     assert [i["resume"] for i in seen] == [False, True, False]
     marker = io.read_json(tmp_path / "runs" / "r" / "attempt.json")
     assert marker["submission"] == "second" and marker["attempt"] == 1 and marker["pid"] == os.getpid()
@@ -186,7 +186,7 @@ def test_a_local_gpu_cluster_without_dask_cuda_names_its_install(monkeypatch):
     with pytest.raises(ValueError, match=r"dask-cuda, which is not installed .*: pip install dask-cuda"):
         common.check_executor("dask", None, "cupy")
     with pytest.raises(ValueError, match="pip install dask-cuda"):
-        common.local_cluster(1, "cupy")
+        workers.local_cluster(1, "cupy")
     common.check_executor("dask", None, "numpy")  # the CPU cluster does not need it
 
 

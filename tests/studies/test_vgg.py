@@ -172,6 +172,22 @@ def test_seeds_repeat_every_run_named_by_seed_and_a_resume_may_add_seeds(data_di
     assert "seeds 3, 4" in open(os.path.join(out, "report.md")).read()
 
 
+def test_report_of_a_folder_kept_without_its_arrays_leaves_their_figures(smoke, tmp_path):
+    """results.npz is large: a folder may keep results.json and the figures without it."""
+    out, _ = smoke
+    folder = tmp_path / "slim"
+    shutil.copytree(out, folder, ignore=shutil.ignore_patterns("runs", "results.npz"))
+    kept = {f: (folder / f"{f}.png").read_bytes() for f in ("fig1_activations", "fig2_noisy_activations")}
+    proc = subprocess.run([sys.executable, "-m", "minibn.studies.vgg_report", str(folder)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "has no results.npz: fig1_activations.png is left as it is" in proc.stdout
+    assert all((folder / f"{f}.png").read_bytes() == data for f, data in kept.items())
+    assert "![fig1_activations](fig1_activations.png)" in (folder / "report.md").read_text()
+    shape = next(r for r in io.read_json(folder / "claims.json") if r["id"] == "vgg.e5.lp_not_gaussian")
+    assert shape["verdict"] == "not judged: no activation samples (results.npz)"
+
+
 def test_report_reads_a_study_made_before_seeds(smoke, tmp_path):
     """Studies committed before --seeds name runs without the seed and record one config "seed"."""
     out, _ = smoke
@@ -205,7 +221,7 @@ def test_diverging_configuration_is_recorded_and_the_study_carries_on(smoke):
     assert "diverged at step" in open(os.path.join(out, "report.md")).read()
 
 
-def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
+def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir, capsys):
     out, argv = smoke
     marker = os.path.join(out, "runs", "standard_lr0.1_seed0", "result.json")
     run = io.read_json(marker)
@@ -215,8 +231,8 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     doc = io.read_json(os.path.join(out, "results.json"))
     assert sorted(doc["runs"]) == ["batchnorm_lr0.1_seed0", "standard_lr0.1_seed0"]
     assert doc["runs"]["standard_lr0.1_seed0"]["wall_s"] == 12345.0
-    with pytest.raises(SystemExit, match="differ from the study.*steps"):
-        vgg.main(argv + ["--resume", "--steps", "7"])
+    assert vgg.main(argv + ["--resume", "--steps", "7"]) == 2
+    assert "holds a vgg study of other settings (steps: 6 there, 7 here)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -224,11 +240,11 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(smoke, data_dir):
     (["--lr", "-0.1"], "--lr must be positive"),
     (["--lr-low", "nan"], "--lr-low must be positive"),
     (["--steps", "0"], "--steps must be a positive integer"),
-    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--jobs", "0"], "--jobs must be an integer >= 1"),
     (["--backend", "tpu"], "unknown backend 'tpu'"),
     (["--preset", "huge"], "invalid choice: 'huge'"),
     (["--only", "batchnorm_lr0.1_seed0,nope_lr1"], "--only: \\['nope_lr1'\\] not in the plan"),
-    (["--seeds", "0"], "--seeds must be an integer >= 1"),
+    (["--seeds", "0"], "--seeds must be a positive integer"),
     (["--variants", "layernorm", "no_such_norm"], "unknown variant\\(s\\) \\['no_such_norm'\\]"),  # not registered
 ])
 def test_bad_options_fail_before_any_work(data_dir, tmp_path, capsys, extra, message):
