@@ -1,15 +1,17 @@
-"""LayerNorm, GroupNorm, WeightNorm and BatchNorm without affine in the studies (issue 13): the DLN
-study takes them by name and runs end to end; a VGG with each builds and trains a step, and the VGG
-study's layer numbering sees through WeightNorm."""
+"""Every normalizer of the registry beyond the paper's six (LayerNorm, GroupNorm, WeightNorm, RMSNorm,
+BatchNorm without affine, and whatever is registered next) in the studies: the DLN study takes them
+by name and runs end to end; a VGG with each builds and trains a step, and the VGG study's layer
+numbering sees through WeightNorm."""
 
 import numpy as np
 import pytest
 
 from minibn import io, models, nn
 from minibn.optim import SGD
+from minibn.nn import normalization
 from minibn.studies import dln, vgg
 
-NEW = ["layernorm", "groupnorm", "weightnorm", "batchnorm_noaffine"]
+NEW = [v for v in normalization.REGISTRY if v not in (*dln.DEFAULT_VARIANTS, "standard_noisy")]
 
 
 def test_dln_smoke_with_the_new_variants_end_to_end(tmp_path):
