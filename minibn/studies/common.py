@@ -1,5 +1,7 @@
-"""The one study skeleton: options, the output folder and resume, where the runs go (a local
-worker pool or Dask: :func:`run_tasks`), the record of the machine, and the results written.
+"""The one study skeleton: options and their checks, the entry points, the runs trained and the
+results written, the record of the machine. The output folder (one study, one writer, runs that
+are what their records say) is :mod:`minibn.studies.folder`'s; where the runs go (a local worker
+pool or Dask), :mod:`minibn.studies.workers`'.
 
 A study module declares its options once (``OPTIONS``, a tuple of :class:`Option`: the names of
 ``run``'s keyword arguments, which the command line spells ``--like-this``), checks them
@@ -23,9 +25,9 @@ import importlib
 import inspect
 import numbers
 import os
+import platform
 import shlex
 import signal
-import platform
 import sys
 import time
 from typing import Any, NamedTuple, Optional
