@@ -10,6 +10,10 @@ docs/dln.md holds :data:`RULES` verbatim (a test checks it).
 
 import math
 
+#: When the rules were written, relative to the committed runs (the reports say it).
+WRITTEN = ("written on 2026-12-02 (commit 42888f0), after the runs committed in studies/dln (2026-11-28) had been "
+           "seen, before those of studies/dln-normalizers")
+
 from minibn.claims.verdicts import (MARGIN, NOT_REPRODUCED, OPPOSITE, PARTLY, READING, REPRODUCED, WINDOWS,
                                     combine, divergence, landscape_ratio_parts, not_judged, ratio, ratio_verdict,
                                     record, smooth_as_bn_parts, window_stat)

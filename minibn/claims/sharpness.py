@@ -9,6 +9,9 @@ the study's quantities, shared with its report.
 
 import math
 
+#: When the rules were written, relative to the committed runs (the report says it).
+WRITTEN = "written on 2026-12-03 (commit 8408e06), before the study's first committed run (studies/sharpness)"
+
 from minibn import backend
 from minibn.claims import dln
 from minibn.claims.verdicts import (MARGIN, NOT_REPRODUCED, OPPOSITE, PARTLY, READING, REPRODUCED, combine,

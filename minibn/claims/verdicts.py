@@ -14,9 +14,10 @@ A rule judges each seed from its parts (windows, band edge and median, layers, l
 rates, variants); :func:`combine` gives the seed one verdict, and where the parts disagree the
 verdict says which part gave what and is at most "partly". :func:`over_seeds` gives the claim's
 verdict: "reproduced" when it is reproduced on most seeds (more than half), "opposite" or
-"not reproduced" likewise, "partly" otherwise when some seed holds at least partly. The rules
-were written from the paper's statements before their outcome on the committed results was
-seen; a rule changed after that says so, and why, in its text.
+"not reproduced" likewise, "partly" otherwise when some seed holds at least partly. Each
+rulebook says when its rules were written relative to the committed runs (``WRITTEN``): the
+DLN and VGG rules after the first committed runs of their studies had been seen, the sharpness
+rules before the study's first run; a rule changed after that says so, and why, in its text.
 
 Shared conventions of the rules:
 

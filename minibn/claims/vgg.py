@@ -10,6 +10,10 @@ docs/vgg.md holds :data:`RULES` verbatim (a test checks it).
 
 import math
 
+#: When the rules were written, relative to the committed runs (the reports say it).
+WRITTEN = ("written on 2026-12-02 (commit 42888f0), after the runs committed in studies/vgg/cpu (2026-11-28) had "
+           "been seen, before those of studies/vgg/cpu-normalizers")
+
 from minibn import backend
 from minibn.claims.verdicts import (CHANCE, MARGIN, NEAR_CHANCE, NOT_REPRODUCED, OPPOSITE, PARTLY, READING,
                                     REPRODUCED, WINDOWS, combine, difference_verdict, divergence,

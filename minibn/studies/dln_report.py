@@ -4,7 +4,7 @@
 
 The report opens with the verdict on each claim of docs/protocol.md §4a that the DLN tests,
 judged by the rules of :mod:`minibn.claims.dln` (written there, with their thresholds and
-windows, before any result was seen) and written to DIR/claims.json; it then measures the
+windows; when, relative to the committed runs: its ``WRITTEN``) and written to DIR/claims.json; it then measures the
 loss scale (the residual of the best rank-k fit of the target for every k, and the plateau
 each run ends on). Everything here reads the results (:mod:`minibn.results`); nothing measures.
 """
@@ -297,8 +297,8 @@ def report_markdown(doc, records=None, carried=None):
     lines = [
         f"# DLN study ({doc['preset']} preset)", "",
         "## The paper's claims: verdicts", "",
-        "Each claim of docs/protocol.md §4a judged per seed by a rule of `minibn/claims/dln.py` (fixed before the "
-        "runs were seen; each rule is stated under \"Claims beside measurements\"); also in `claims.json`.", "",
+        f"Each claim of docs/protocol.md §4a judged per seed by a rule of `minibn/claims/dln.py` ({rules.WRITTEN}; "
+        "each rule is stated under \"Claims beside measurements\"); also in `claims.json`.", "",
         verdicts.summary_table(records), "",
         "The paper's deep linear network experiments (docs/protocol.md §1; E3, E4, E5 of §4): "
         f"{cfg['depth']} linear layers of width {cfg['width']}, {cfg['samples']} samples, summed squared error, "

@@ -3,7 +3,7 @@
     python -m minibn.studies.sharpness_report DIR      # rebuild DIR's figures and report from DIR/results.json
 
 The claims are judged by the rules of :mod:`minibn.claims.sharpness` (written with their
-thresholds before any run of the study), per seed and over seeds; the DLN study's key claims at
+thresholds before the study's first committed run: its ``WRITTEN``), per seed and over seeds; the DLN study's key claims at
 every width by its own rules (:mod:`minibn.claims.dln`) on that width's runs.
 """
 
@@ -12,6 +12,8 @@ import sys
 import warnings
 
 from minibn import backend, report
+from minibn.claims import dln as dln_rules
+from minibn.claims import sharpness as rules
 from minibn.claims import verdicts
 from minibn.claims.sharpness import (EOS_LR, eos_ratio, grad_ratio, judge, last_hidden_rank, one, parts_present,
                                      runs_of, width_docs)
@@ -286,7 +288,9 @@ def report_markdown(doc, records):
              f"Command: `{cfg.get('command')}`; wall time {cfg.get('wall_s', 0):.0f} s; parts {', '.join(cfg['parts'])}; "
              f"seeds {cfg['seeds']}; {env.get('processor', '?')}, {env.get('cpu_count', '?')} CPUs, Python "
              f"{env.get('python', '?')}, NumPy {env.get('numpy', '?')}. Definitions, costs and choices: docs/sharpness.md.",
-             "", verdicts.summary_table(records), "", "## Rules", "", *verdicts.rules_text(records), ""]
+             "", verdicts.summary_table(records), "", "## Rules", "",
+             f"The rules of `minibn/claims/sharpness.py`, {rules.WRITTEN}; the width claims are the DLN study's rules "
+             f"({dln_rules.WRITTEN}).", "", *verdicts.rules_text(records), ""]
     present = parts_present(doc)
     if present & {"dln", "vgg"}:
         lines += eos_lines(doc) + effective_lr_lines(doc) + density_lines(doc)

@@ -302,7 +302,7 @@ def report_markdown(doc, arrays, figures, records=None, carried=None):
         f"# VGG / CIFAR-10 study, preset `{doc['preset']}`", "",
         "## The paper's claims: verdicts", "",
         "Each claim of docs/protocol.md §4a that the selected experiments test, judged per seed by a rule of "
-        "`minibn/claims/vgg.py` (fixed before the results were seen; each rule is stated under \"Claims beside "
+        f"`minibn/claims/vgg.py` ({rules.WRITTEN}; each rule is stated under \"Claims beside "
         "measurements\"); also in `claims.json`.", "",
         verdicts.summary_table(records), "",
         f"Command: `{cfg['command']}`  ",

@@ -61,3 +61,20 @@ def test_after_a_run_nothing_imports_a_study():
                 if module.startswith("minibn.studies") and not (module == "minibn.studies" and
                                                                 all(n.endswith("_report") for n in names))]
     assert crossing == []
+
+
+def test_the_theory_rulebook_credits_the_paper_only_with_its_statements():
+    from minibn.claims import theory
+
+    checks = [{"name": name, "statement": name, "instances": 3, "violations": 0, "max_rel_err": 0.0,
+               "tolerance": 1e-9} for name in ("thm41", *theory.NOT_THE_PAPERS)]
+    records = theory.judge({"config": {"seed": 0}, "checks": checks})
+    assert records[0]["paper"] == theory.PAPER
+    assert all(r["paper"].startswith("not in the paper") for r in records[1:])
+
+
+@pytest.mark.parametrize("rulebook, folder", [(dln, "dln"), (dln, "dln-normalizers"), (vgg, "vgg/cpu"),
+                                              (vgg, "vgg/cpu-normalizers"), (sharpness, "sharpness")])
+def test_every_committed_report_says_when_its_rules_were_written(rulebook, folder):
+    """Relative to the runs: the DLN and VGG rules were written after their first committed runs were seen."""
+    assert rulebook.WRITTEN in (ROOT / "studies" / folder / "report.md").read_text()
