@@ -78,3 +78,16 @@ def test_the_theory_rulebook_credits_the_paper_only_with_its_statements():
 def test_every_committed_report_says_when_its_rules_were_written(rulebook, folder):
     """Relative to the runs: the DLN and VGG rules were written after their first committed runs were seen."""
     assert rulebook.WRITTEN in (ROOT / "studies" / folder / "report.md").read_text()
+
+
+def test_the_protocols_width_numbers_are_the_committed_runs():
+    """docs/protocol.md quotes the sharpness study's width runs: the ratios are checked against its results."""
+    import json
+
+    runs = json.loads((ROOT / "studies" / "sharpness" / "results.json").read_text())["runs"]
+    text = " ".join((ROOT / "docs" / "protocol.md").read_text().split())
+    ratios = [runs[f"width{w}_{v}_lr1e-06_seed0"]["loss"][-1] / runs[f"width{w}_{v}_lr1e-06_seed0"]["loss"][0]
+              for v in ("standard", "batchnorm") for w in (20, 30)]
+    quoted = ("its final loss is {:.3g} of its initial loss at width 20 and {:.3g} at width 30; "
+              "BN's {:.3g} and {:.3g}").format(*ratios)
+    assert quoted in text
