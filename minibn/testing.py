@@ -16,6 +16,9 @@ converts it to float64 and gives its parameters random values, then checks, in e
 * the layer contract: backward before any forward is refused; the output has the declared shape
   and x's dtype; dx has x's shape and dtype; every parameter gets a gradient of its shape; x and
   the parameters are left as they were; probe and eval change no state;
+* that the forward is a function: twice at the same input, parameters and state (probe and eval
+  run in between) it gives the same output, in the checked mode and in eval, so that randomness
+  drawn outside the layer's state or a hidden counter cannot pass as kinks;
 * the backward against float64 central differences: directional derivatives along random
   directions for dx and every parameter gradient, and the full Jacobian when x is tiny.
 
