@@ -42,21 +42,6 @@ def ics_summary(run, layers=None):
     return out
 
 
-def landscape_summary(run, window="early"):
-    ls = run.get("landscape") or {}
-    steps = ls.get("steps", [])
-    idx = window(steps, early=(window == "early"))
-    lo, hi = floats(ls.get("loss_min", [])), floats(ls.get("loss_max", []))
-    with np.errstate(all="ignore"):
-        variation = np.log10(hi / lo)
-    pick = lambda a: [a[i] for i in idx]  # noqa: E731
-    return {"loss_variation": finite_median(pick(variation)),
-            "gradpred": finite_median(pick(floats(ls.get("gradpred_max", [])))),
-            "beta_eff": finite_median(pick(floats(ls.get("beta_eff", [])))),
-            "nonfinite": int(sum(ls.get("nonfinite", []) or [0]))}
-
-
-# --- claims: minibn.claims judges them; the loss scale's measured explanation -----------------
 def loss_scale_lines(doc):
     """Markdown: the residual of the best rank-k linear fit of each seed's target for every k
     (:func:`minibn.results.rank_residuals`), the plateau each run ends on, and the paper's values."""
