@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from minibn import models, nn, theory
 from minibn.nn import normalization
@@ -61,12 +61,15 @@ def test_backward_by_check_layer_property(name):
 
 
 @pytest.mark.parametrize("name", ENTRIES)
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(n=st.integers(3, 6), features=st.integers(2, 4), seed=st.integers(0, 2**16),
        loss=st.sampled_from(sorted(test_hvp.LOSSES)), mode=st.sampled_from(["probe", "eval"]))
 def test_exact_hvp_matches_the_differenced_hessian(name, n, features, seed, loss, mode):
     """Sequential.hvp on Dense -> the normalizer (or the Dense reparametrized) -> Dense, float64, as
-    tests/nn/test_hvp.py checks every layer: against the Hessian differenced from the exact gradient."""
+    tests/nn/test_hvp.py checks every layer: against the Hessian differenced from the exact gradient.
+    At least 3 values per statistic: with 2, x_hat is +-1 whatever x is, and the curvature of the
+    pool's variance near 0 defeats the differences (a draw of GroupNorm(2, 4) on 3 samples failed)."""
+    assume(values_per_statistic(REGISTRY[name], (n, features)) >= 3)
     rng = np.random.default_rng(seed)
     weights = nn.Dense(features, features, rng=rng, dtype=F64)
     layers = models.normalized(name, weights, features, rng, F64) + [nn.Dense(features, 3, rng=rng, dtype=F64)]
