@@ -92,3 +92,54 @@ def test_the_common_plateau(dln):
     same = {seed: ok for lr, seed, _, ok in dln_report.plateaus(doc) if lr == 1e-6}
     assert [s for s, ok in same.items() if ok] == [0, 1, 2]
     assert "within 1% of one common final loss on seeds 0, 1 and 2 at LR 1e-6" in notes
+
+
+# --- studies/vgg/cpu ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vgg_cpu():
+    folder = ROOT / "studies" / "vgg" / "cpu"
+    claims = {r["id"]: {s["seed"]: s["values"] for s in r["seeds"]} for r in
+              json.loads((folder / "claims.json").read_text())}
+    return claims, " ".join((folder / "notes.md").read_text().split())
+
+
+def _two(x):
+    return f"{x:.2f}"
+
+
+def test_vgg_cpu_e1_and_e2(vgg_cpu):
+    claims, notes = vgg_cpu
+    e1 = claims["vgg.e1.standard_fails_lr0.5"]
+    at_chance = [s for s, v in e1.items() if v["standard leaves chance at step"] is None]
+    assert at_chance == [1] and "stays at chance for the whole run on seed 1 only" in notes
+    assert {e1[s]["standard leaves chance at step"] for s in (0, 2)} == {1000}
+    assert (f"ends at {_two(e1[0]['standard final train acc'])} and {_two(e1[2]['standard final train acc'])} "
+            f"training accuracy, against BN's {_two(e1[0]['BN final train acc'])} and "
+            f"{_two(e1[2]['BN final train acc'])}") in notes
+    e2 = claims["vgg.e2.noisy_matches_bn"]
+    loss = [v["train loss noisy / BN"] for v in e2.values()]
+    below = [-v["eval train acc noisy - BN"] for v in e2.values()]
+    assert f"train-mode loss is {_two(min(loss))}–{_two(max(loss))}× BN's" in notes
+    assert f"its accuracy is {_two(min(below))}–{_two(max(below))} below BN's" in notes
+    assert [s for s, v in e2.items() if v["eval train acc noisy - standard"] < 0] == [1, 2]
+    stops = claims["vgg.e2.noise_stops_standard"]
+    noisy = [v["standard+noise final train acc"] for v in stops.values()]
+    plain = [v["standard final train acc"] for v in stops.values()]
+    assert f"reaches {_two(min(noisy))}–{_two(max(noisy))} training accuracy" in notes
+    assert f"standard net's level ({_two(min(plain))}–{_two(max(plain))})" in notes
+    assert [s for s, v in stops.items() if v["standard+noise final train acc"] > v["standard final train acc"]] == [0]
+
+
+def test_vgg_cpu_e3_and_e4(vgg_cpu):
+    claims, notes = vgg_cpu
+    e3 = claims["vgg.e3.ics_not_reduced"]
+    gaps = {w: [e3[s][f"LR 0.1 layer 6 cos BN - standard, {w}"] for s in (0, 1, 2)] for w in ("early", "whole run")}
+    assert f"by {', '.join(map(_two, gaps['early'][:2]))} and {_two(gaps['early'][2])} (seeds 0, 1, 2)" in notes
+    assert f"by {', '.join(map(_two, gaps['whole run'][:2]))} and {_two(gaps['whole run'][2])} over the whole" in notes
+    above = sum(g > 0.1 for w in gaps.values() for g in w)
+    assert f"above the rule's margin of 0.1 in {above} of these 6 windows" in notes
+    e4 = claims["vgg.e4.gradpred_two_orders"]
+    early = float(np.median([v["ratio median early"] for v in e4.values()]))
+    edge = float(np.median([v["ratio band edge whole run"] for v in e4.values()]))
+    assert f"by {early:.1f}× (median, early) to {edge:.1f}× (band edge, whole run)" in notes
