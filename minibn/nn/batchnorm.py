@@ -62,7 +62,9 @@ from typing import Any, NamedTuple
 
 from minibn import backend
 from minibn.nn.layer import LayerError
-from minibn.nn.normalization import AffineNorm, ModeCache, channel_rows, column_sums, register
+from minibn.nn.normalization import (AffineNorm, ModeCache, affine_eval, affine_eval_backward,
+                                     affine_eval_tangent_backward, affine_eval_tangent_forward, channel_rows,
+                                     column_sums, register)
 
 
 class Cache(NamedTuple):
@@ -74,14 +76,6 @@ class Cache(NamedTuple):
     inv_std: Any
     mu: Any
     var: Any
-
-
-class EvalCache(NamedTuple):
-    """What the eval-mode backward needs: (m, C) ``x_hat``, per-channel ``gamma``, ``inv_std``."""
-
-    x_hat: Any
-    gamma: Any
-    inv_std: Any
 
 
 def forward(x, gamma, beta, eps=1e-5):
@@ -169,20 +163,16 @@ def backward_staged(dy, cache):
 
 
 def forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
-    """``(y, EvalCache)``: the per-channel affine map of eval mode (module docstring)."""
-    inv_std = 1.0 / (running_var + eps) ** 0.5
-    x_hat = (channel_rows(x) - running_mean) * inv_std
-    y = x_hat * gamma + beta
-    return y.reshape(x.shape), EvalCache(x_hat, gamma, inv_std)
+    """``(y, EvalCache)``: the per-channel affine map of eval mode with inv_std = 1/sqrt(running_var + eps)
+    as its ``inv_scale`` (module docstring; :func:`minibn.nn.normalization.affine_eval`)."""
+    return affine_eval(x, gamma, beta, running_mean, 1.0 / (running_var + eps) ** 0.5)
 
 
-def backward_eval(dy, cache):
-    """``(dx, {"gamma", "beta"})`` of eval mode: no batch coupling, dx = dy * gamma * inv_std."""
-    dy2 = channel_rows(dy)
-    dbeta = column_sums(dy2)
-    dgamma = column_sums(dy2 * cache.x_hat)
-    dx = dy2 * (cache.gamma * cache.inv_std)
-    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
+#: Eval mode's backward and tangents: those of the affine map every normalizer with running
+#: statistics shares (module docstring; minibn.nn.normalization).
+backward_eval = affine_eval_backward
+tangent_forward_eval = affine_eval_tangent_forward
+tangent_backward_eval = affine_eval_tangent_backward
 
 
 class TangentCache(NamedTuple):
@@ -216,30 +206,6 @@ def tangent_backward(dy, dy_t, cache, tangent_cache):
     dbeta, dgamma = column_sums(dy2), column_sums(dy2 * x_hat)
     dx_t = ((gamma_t * inv_std + gamma * inv_std_t) / m) * (m * dy2 - dbeta - x_hat * dgamma) \
         + (gamma * inv_std / m) * (m * dy_t2 - dbeta_t - x_hat_t * dgamma - x_hat * dgamma_t)
-    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
-
-
-class EvalTangentCache(NamedTuple):
-    """What the tangent of the eval-mode backward needs: (m, C) ``x_hat_t``, per-channel ``gamma_t``."""
-
-    x_hat_t: Any
-    gamma_t: Any
-
-
-def tangent_forward_eval(x_t, gamma_t, beta_t, cache):
-    """``(y_t, EvalTangentCache)`` of eval mode's affine map at the point of ``cache`` (module docstring)."""
-    x_hat_t = channel_rows(x_t) * cache.inv_std
-    y_t = gamma_t * cache.x_hat + cache.gamma * x_hat_t + beta_t
-    return y_t.reshape(x_t.shape), EvalTangentCache(x_hat_t, gamma_t)
-
-
-def tangent_backward_eval(dy, dy_t, cache, tangent_cache):
-    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward_eval` (module docstring)."""
-    x_hat_t, gamma_t = tangent_cache
-    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
-    dbeta_t = column_sums(dy_t2)
-    dgamma_t = column_sums(dy_t2 * cache.x_hat + dy2 * x_hat_t)
-    dx_t = (dy_t2 * cache.gamma + dy2 * gamma_t) * cache.inv_std
     return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
 
 

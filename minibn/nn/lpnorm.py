@@ -62,7 +62,9 @@ import numbers
 from typing import Any, NamedTuple
 
 from minibn import backend
-from minibn.nn.normalization import AffineNorm, ModeCache, channel_rows, column_sums, register
+from minibn.nn.normalization import (AffineNorm, ModeCache, affine_eval, affine_eval_backward,
+                                     affine_eval_tangent_backward, affine_eval_tangent_forward, channel_rows,
+                                     column_sums, register)
 
 PS = (1, 2, math.inf)
 
@@ -80,14 +82,6 @@ class Cache(NamedTuple):
     norm: Any
     p: Any
     first_max: Any = None
-
-
-class EvalCache(NamedTuple):
-    """What the eval-mode backward needs: (m, C) ``x_hat``, per-channel ``gamma``, ``inv_norm``."""
-
-    x_hat: Any
-    gamma: Any
-    inv_norm: Any
 
 
 def parse_p(p, where="LpNorm"):
@@ -159,20 +153,16 @@ def backward(dy, cache):
 
 
 def forward_eval(x, gamma, beta, running_mean, running_norm, eps=1e-5):
-    """``(y, EvalCache)``: the per-channel affine map of eval mode (module docstring)."""
-    inv_norm = 1.0 / (running_norm + eps)
-    x_hat = (channel_rows(x) - running_mean) * inv_norm
-    y = x_hat * gamma + beta
-    return y.reshape(x.shape), EvalCache(x_hat, gamma, inv_norm)
+    """``(y, EvalCache)``: the per-channel affine map of eval mode with inv_norm = 1/(running_norm + eps) as
+    its ``inv_scale`` (module docstring; :func:`minibn.nn.normalization.affine_eval`)."""
+    return affine_eval(x, gamma, beta, running_mean, 1.0 / (running_norm + eps))
 
 
-def backward_eval(dy, cache):
-    """``(dx, {"gamma", "beta"})`` of eval mode: no batch coupling, dx = dy * gamma * inv_norm."""
-    dy2 = channel_rows(dy)
-    dbeta = column_sums(dy2)
-    dgamma = column_sums(dy2 * cache.x_hat)
-    dx = dy2 * (cache.gamma * cache.inv_norm)
-    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
+#: Eval mode's backward and tangents: those of the affine map every normalizer with running
+#: statistics shares (module docstring; minibn.nn.normalization).
+backward_eval = affine_eval_backward
+tangent_forward_eval = affine_eval_tangent_forward
+tangent_backward_eval = affine_eval_tangent_backward
 
 
 class TangentCache(NamedTuple):
@@ -215,30 +205,6 @@ def tangent_backward(dy, dy_t, cache, tangent_cache):
         dnorm_t = 0.0
     dx_t = (gamma_t * inv_norm + gamma * inv_norm_t) * (dy2 - dbeta * (1.0 / m) - dgamma * dnorm) \
         + (gamma * inv_norm) * (dy_t2 - dbeta_t * (1.0 / m) - dgamma_t * dnorm - dgamma * dnorm_t)
-    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
-
-
-class EvalTangentCache(NamedTuple):
-    """What the tangent of the eval-mode backward needs: (m, C) ``x_hat_t``, per-channel ``gamma_t``."""
-
-    x_hat_t: Any
-    gamma_t: Any
-
-
-def tangent_forward_eval(x_t, gamma_t, beta_t, cache):
-    """``(y_t, EvalTangentCache)`` of eval mode's affine map at the point of ``cache`` (module docstring)."""
-    x_hat_t = channel_rows(x_t) * cache.inv_norm
-    y_t = gamma_t * cache.x_hat + cache.gamma * x_hat_t + beta_t
-    return y_t.reshape(x_t.shape), EvalTangentCache(x_hat_t, gamma_t)
-
-
-def tangent_backward_eval(dy, dy_t, cache, tangent_cache):
-    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`backward_eval` (module docstring)."""
-    x_hat_t, gamma_t = tangent_cache
-    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
-    dbeta_t = column_sums(dy_t2)
-    dgamma_t = column_sums(dy_t2 * cache.x_hat + dy2 * x_hat_t)
-    dx_t = (dy_t2 * cache.gamma + dy2 * gamma_t) * cache.inv_norm
     return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
 
 

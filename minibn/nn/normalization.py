@@ -9,7 +9,9 @@ LpNorm) that is :func:`channel_rows`, the (m, C) view of a channels-last array, 
 case) pool each sample's group of channels over all positions: :func:`sample_groups` is the
 (N, S, G, C/G) view they compute on, :func:`group_columns` the same pooling as (m, N*G) columns
 (their ``pooled_view``). A frame without running buffers (``buffers = ()``) has no state: its
-train, eval and probe modes are one map.
+train, eval and probe modes are one map. With running statistics, eval mode is the affine map per
+channel of :func:`affine_eval` (BatchNorm and LpNorm differ only in the inverse spread it scales
+by), with its backward and tangents beside it.
 
 The registry is the one list the rest of minibn derives from: the models' ``norm=``
 argument, the studies' accepted variants, the figures' labels (and colours, where an entry
@@ -91,6 +93,58 @@ def running_average(running, batch, momentum, bessel_m=None):
     return (1.0 - momentum) * running + weight * batch
 
 
+class EvalCache(NamedTuple):
+    """What eval mode's backward needs: (m, C) ``x_hat``, per-channel ``gamma`` and ``inv_scale``."""
+
+    x_hat: Any
+    gamma: Any
+    inv_scale: Any
+
+
+def affine_eval(x, gamma, beta, running_mean, inv_scale):
+    """``(y, EvalCache)``: eval mode of a normalizer with running statistics, the affine map per channel
+    x_hat = (x - running_mean) * inv_scale, y = gamma * x_hat + beta, with its running spread's
+    inverse ``inv_scale`` (BatchNorm's 1/sqrt(running_var + eps), LpNorm's 1/(running_norm + eps))."""
+    x_hat = (channel_rows(x) - running_mean) * inv_scale
+    y = x_hat * gamma + beta
+    return y.reshape(x.shape), EvalCache(x_hat, gamma, inv_scale)
+
+
+def affine_eval_backward(dy, cache):
+    """``(dx, {"gamma", "beta"})`` of :func:`affine_eval`: no batch coupling, dx = dy * gamma * inv_scale."""
+    dy2 = channel_rows(dy)
+    dbeta = column_sums(dy2)
+    dgamma = column_sums(dy2 * cache.x_hat)
+    dx = dy2 * (cache.gamma * cache.inv_scale)
+    return dx.reshape(dy.shape), {"gamma": dgamma, "beta": dbeta}
+
+
+class EvalTangentCache(NamedTuple):
+    """What the tangent of the eval-mode backward needs: (m, C) ``x_hat_t``, per-channel ``gamma_t``."""
+
+    x_hat_t: Any
+    gamma_t: Any
+
+
+def affine_eval_tangent_forward(x_t, gamma_t, beta_t, cache):
+    """``(y_t, EvalTangentCache)`` of :func:`affine_eval` at the point of ``cache`` (inv_scale is a constant):
+    x_hat_t = x_t * inv_scale, y_t = gamma_t * x_hat + gamma * x_hat_t + beta_t."""
+    x_hat_t = channel_rows(x_t) * cache.inv_scale
+    y_t = gamma_t * cache.x_hat + cache.gamma * x_hat_t + beta_t
+    return y_t.reshape(x_t.shape), EvalTangentCache(x_hat_t, gamma_t)
+
+
+def affine_eval_tangent_backward(dy, dy_t, cache, tangent_cache):
+    """``(dx_t, {"gamma", "beta"})``, the tangent of :func:`affine_eval_backward`: dbeta_t = sum_i dy_t_i,
+    dgamma_t = sum_i (dy_t_i * x_hat_i + dy_i * x_hat_t_i), dx_t = (dy_t * gamma + dy * gamma_t) * inv_scale."""
+    x_hat_t, gamma_t = tangent_cache
+    dy2, dy_t2 = channel_rows(dy), channel_rows(dy_t)
+    dbeta_t = column_sums(dy_t2)
+    dgamma_t = column_sums(dy_t2 * cache.x_hat + dy2 * x_hat_t)
+    dx_t = (dy_t2 * cache.gamma + dy2 * gamma_t) * cache.inv_scale
+    return dx_t.reshape(dy.shape), {"gamma": dgamma_t, "beta": dbeta_t}
+
+
 class ModeCache(NamedTuple):
     """The layer's cache of a normalizer whose eval mode is a map of its own (the running
     statistics'): the ``mode`` its forward ran in, which picks the backward and tangent passes
@@ -157,8 +211,10 @@ class AffineNorm(Layer):
         return y
 
     def _inverse_spread(self, cache):
-        """The :attr:`inverse_spread` field of the layer's cache (a :class:`ModeCache`'s or the core's)."""
-        return getattr(getattr(cache, "cache", cache), self.inverse_spread, None)
+        """The :attr:`inverse_spread` field of the layer's cache (a :class:`ModeCache`'s or the core's),
+        or in eval mode the :class:`EvalCache`'s ``inv_scale``."""
+        core = getattr(cache, "cache", cache)
+        return getattr(core, self.inverse_spread, getattr(core, "inv_scale", None))
 
     def describe(self):
         momentum = f", momentum={self.momentum:g}" if self.buffers else ""
