@@ -112,6 +112,15 @@ def diverged_label(name, runs):
     return f"{name} (diverged: " + ", ".join(f"seed {r.get('seed')} at step {r['diverged_at']}" for r in diverged) + ")"
 
 
+def aligned(runs, steps_of, values_of, missing=None):
+    """``(steps, curves)``: each run's curve over the longest run's steps, a shorter one (a seed
+    that diverged earlier) padded with ``missing`` (not drawn), for a median and band over seeds."""
+    steps = max((steps_of(run) for run in runs), key=len)
+    curves = [list(values_of(run)) for run in runs]
+    return steps, [c + [missing] * (len(steps) - len(c)) for c in curves]
+
+
+
 def median_band(curves):
     """Median, min and max over curves of equal length (NaNs ignored where others are finite)."""
     stack = np.vstack([floats(c) for c in curves])

@@ -112,9 +112,7 @@ def fig_training_loss(doc, path):
             if run_lr != lr:
                 continue
             # a diverged seed's curve is shorter: pad it with None (not drawn) to the longest
-            longest = max(runs, key=lambda r: len(r["loss"]))
-            n = len(longest["loss"])
-            report.line_with_band(ax, longest["steps"], [r["loss"] + [None] * (n - len(r["loss"])) for r in runs],
+            report.line_with_band(ax, *report.aligned(runs, lambda r: r["steps"], lambda r: r["loss"]),
                                   report.diverged_label(report.label(variant), runs), report.color(variant), log=True)
             for r in runs:
                 report.mark_divergence(ax, r["steps"], report.drawable(r["loss"], log=True), r["diverged_at"],

@@ -27,11 +27,8 @@ np = backend.host
 
 def _curves(runs, key, sub):
     """Steps and the per-seed curves of runs[i][key][sub], padded with None to a common length."""
-    series = [(r[key]["steps"], r[key][sub]) for r in runs if r.get(key)]
-    if not series:
-        return [], []
-    steps = max((s for s, _ in series), key=len)
-    return steps, [list(v) + [None] * (len(steps) - len(v)) for _, v in series]
+    runs = [r for r in runs if r.get(key)]
+    return report.aligned(runs, lambda r: r[key]["steps"], lambda r: r[key][sub]) if runs else ([], [])
 
 
 def fig_eos(doc, path, part):

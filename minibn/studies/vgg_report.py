@@ -34,14 +34,6 @@ np = backend.host
 
 # --- reading the results ----------------------------------------------------------
 
-def aligned(runs, steps_of, values_of, missing=None):
-    """``(steps, curves)``: each run's curve over the longest run's steps, a shorter one (a seed
-    that diverged earlier) padded with ``missing`` (not drawn), for a median and band over seeds."""
-    steps = max((steps_of(run) for run in runs), key=len)
-    curves = [list(values_of(run)) for run in runs]
-    return steps, [c + [missing] * (len(steps) - len(c)) for c in curves]
-
-
 def samples(arrays, name, conv_layer):
     """(points, n_samples) activation samples of one conv layer of the run ``name`` (NaN where not
     finite); none (zero points) where results.npz has none."""
@@ -74,7 +66,7 @@ def _plot_acc(ax, runs, key, label, color, style="-"):
     """An accuracy curve: the median over seeds with its min-max band (one seed: its curve)."""
     runs = [run for run in runs if run.get(key)]
     if runs:
-        steps, curves = aligned(runs, lambda run: run["eval_steps"], lambda run: run[key])
+        steps, curves = report.aligned(runs, lambda run: run["eval_steps"], lambda run: run[key])
         report.line_with_band(ax, steps, curves, label, color, ls=style)
 
 
@@ -90,7 +82,7 @@ def fig_accuracy(doc, path, variants, lrs, title):
             legend = report.diverged_label(f"{label(v)}, LR {lr:g}", runs)
             _plot_acc(axes[0, 0], runs, "train_acc", legend, color(v), style)
             _plot_acc(axes[0, 1], runs, "test_acc", legend, color(v), style)
-            steps, curves = aligned(runs, lambda run: run["steps"], lambda run: run["loss"])
+            steps, curves = report.aligned(runs, lambda run: run["steps"], lambda run: run["loss"])
             curves = [report.drawable(c, log=True) for c in curves]
             loss = report.median_band(curves)[0]
             axes[0, 2].plot(steps, loss, color=color(v), lw=0.3, alpha=0.25)
@@ -133,7 +125,7 @@ def fig_ridges(doc, arrays, path, variants, paper_layers, lr):
         for col, layer in enumerate(layers):
             ax = axes[row, col]
             # per measured step, one row of samples per seed (a seed that diverged earlier: none)
-            steps, by_seed = aligned(runs, lambda run: run["moments"]["steps"],
+            steps, by_seed = report.aligned(runs, lambda run: run["moments"]["steps"],
                                      lambda run: list(samples(arrays, name_of(doc, run), layer)), [])
             report.ridge(ax, [stack_ragged(rows) for rows in zip(*by_seed)], steps, color=color(v), bins=25)
             ax.set_title(f"{label(v)}, layer {layer}", fontsize=9)
@@ -157,7 +149,7 @@ def fig_ics(doc, path, lrs, variants=("standard", "batchnorm"), paper_layers=(5,
             for k, layer in enumerate(layers):
                 for ax, key in ((axes[1 + k, col], "l2"), (axes[1 + len(layers) + k, col], "cos")):
                     if runs:
-                        steps, curves = aligned(runs, lambda run: run["ics"]["steps"],
+                        steps, curves = report.aligned(runs, lambda run: run["ics"]["steps"],
                                                 lambda run: [row[layer - 1] for row in run["ics"][key]])
                         report.line_with_band(ax, steps, curves, label(v), color(v), log=key == "l2", lw=1.5)
         _acc_axes(axes[0, col], f"LR {lr:g}: training accuracy")
@@ -173,7 +165,7 @@ def fig_ics(doc, path, lrs, variants=("standard", "batchnorm"), paper_layers=(5,
 
 
 def landscape_curves(runs, key):
-    return aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"][key])
+    return report.aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"][key])
 
 
 def fig_landscape(doc, path, variants, lr):
@@ -210,7 +202,7 @@ def fig_gradpred_vs_eta(doc, path, lr, variants=("standard", "batchnorm")):
     fig, axes = report.new_figure(1, max(1, len(panels)))
     for ax, (v, runs) in zip(axes[0], panels):
         ls = runs[0]["landscape"]
-        steps, by_seed = aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"]["grad_diff"],
+        steps, by_seed = report.aligned(runs, lambda run: run["landscape"]["steps"], lambda run: run["landscape"]["grad_diff"],
                                  [None] * len(ls["eta"]))
         for s, diffs in zip(steps, zip(*by_seed)):
             report.line_with_band(ax, ls["eta"], diffs, None, cm.viridis(s / max(1, steps[-1])), log=True,
@@ -233,7 +225,7 @@ def fig_moments(doc, path, variants, lr, paper_layers=(2, 9, 13)):
             continue
         for col, layer in enumerate(layers):
             for row, key in enumerate(("mean_change", "var_change")):
-                steps, curves = aligned(runs, lambda run: run["moments"]["steps"],
+                steps, curves = report.aligned(runs, lambda run: run["moments"]["steps"],
                                         lambda run: moment_series(run, layer)[key])
                 report.line_with_band(axes[row, col], steps, curves, label(v), color(v), log=True, lw=1.5)
     for col, layer in enumerate(layers):
